@@ -1,0 +1,235 @@
+// CUDA greedy NMS and its framework-free launcher (see nms.h).
+// 1. keys = score (candidates) or -inf (score <= threshold); segmented stable radix sort per
+//    image, descending, so ties keep the lower index first.
+// 2. A bit matrix: bit j of row i (in sorted order) says candidate i suppresses candidate j > i
+//    (IoU > threshold, same class). 64 x 64 tiles, one block each.
+// 3. One block per image walks the rows greedily, 64 candidates at a time: thread 0 resolves
+//    the tile's diagonal word, then all threads OR the kept rows into the "removed" words.
+#include <cuda_runtime.h>
+
+#include <cub/cub.cuh>
+#include <cstdint>
+
+#include "common.h"
+#include "nms.h"
+
+namespace lhrcnn {
+namespace {
+
+constexpr int kTile = 64;
+constexpr int kThreads = 256;
+
+inline size_t Align256(size_t n) { return (n + 255) & ~static_cast<size_t>(255); }
+
+struct Workspace {
+  float* keys_in; float* keys_out;
+  int32_t* vals_in; int32_t* vals_out;
+  int32_t* offsets;
+  unsigned long long* mask;     // [batch, n, col_blocks]
+  unsigned long long* removed;  // [batch, col_blocks]
+  void* cub_temp; size_t cub_bytes;
+  size_t total;
+};
+
+size_t CubSortBytes(int batch, int n) {
+  size_t bytes = 0;
+  cub::DeviceSegmentedRadixSort::SortPairsDescending(
+      nullptr, bytes, static_cast<const float*>(nullptr), static_cast<float*>(nullptr),
+      static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr), batch * n, batch,
+      static_cast<const int32_t*>(nullptr), static_cast<const int32_t*>(nullptr));
+  return bytes;
+}
+
+Workspace Layout(char* base, int batch, int n) {
+  Workspace w;
+  const size_t items = static_cast<size_t>(batch) * n;
+  const size_t cb = (n + kTile - 1) / kTile;
+  size_t off = 0;
+  auto take = [&](size_t bytes) { char* p = base ? base + off : nullptr; off += Align256(bytes); return p; };
+  w.keys_in = reinterpret_cast<float*>(take(items * sizeof(float)));
+  w.keys_out = reinterpret_cast<float*>(take(items * sizeof(float)));
+  w.vals_in = reinterpret_cast<int32_t*>(take(items * sizeof(int32_t)));
+  w.vals_out = reinterpret_cast<int32_t*>(take(items * sizeof(int32_t)));
+  w.offsets = reinterpret_cast<int32_t*>(take((batch + 1) * sizeof(int32_t)));
+  w.mask = reinterpret_cast<unsigned long long*>(take(items * cb * sizeof(unsigned long long)));
+  w.removed = reinterpret_cast<unsigned long long*>(take(batch * cb * sizeof(unsigned long long)));
+  w.cub_bytes = CubSortBytes(batch, n);
+  w.cub_temp = take(w.cub_bytes);
+  w.total = off;
+  return w;
+}
+
+__global__ void ValidateKernel(const float* boxes, const float* scores, int64_t n, int* first_bad) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
+    bool ok = IsFinite(scores[i]);
+    for (int j = 0; j < 4; ++j) ok = ok && IsFinite(boxes[4 * i + j]);
+    if (!ok) atomicMin(first_bad, static_cast<int>(i));
+  }
+}
+
+__global__ void PrepareKeysKernel(const float* scores, int batch, int n, float threshold,
+                                  float* keys, int32_t* vals, int32_t* offsets) {
+  const int64_t items = static_cast<int64_t>(batch) * n;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < items;
+       i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
+    const float s = scores[i];
+    keys[i] = s > threshold ? s + 0.f : -__int_as_float(0x7f800000);  // +0.f: -0 sorts as +0
+    vals[i] = static_cast<int32_t>(i % n);
+  }
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i <= batch;
+       i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
+    offsets[i] = static_cast<int32_t>(i * n);
+  }
+}
+
+// grid (col_blocks, col_blocks, batch), kTile threads: tile (row block, col block).
+__global__ void MaskKernel(const float* boxes, const int32_t* class_ids, const int32_t* sorted_idx,
+                           int n, int col_blocks, float threshold, float offset,
+                           unsigned long long* mask) {
+  const int row_block = blockIdx.y, col_block = blockIdx.x, b = blockIdx.z;
+  if (col_block < row_block) return;
+  __shared__ NmsBox col_boxes[kTile];
+  __shared__ int32_t col_class[kTile];
+  const int32_t* idx = sorted_idx + static_cast<int64_t>(b) * n;
+  const float* img_boxes = boxes + static_cast<int64_t>(b) * n * 4;
+  const int col_start = col_block * kTile;
+  const int col_count = min(kTile, n - col_start);
+  if (threadIdx.x < col_count) {
+    const int32_t j = idx[col_start + threadIdx.x];
+    col_boxes[threadIdx.x] = MakeNmsBox(img_boxes + 4 * static_cast<int64_t>(j), offset);
+    col_class[threadIdx.x] = class_ids ? class_ids[static_cast<int64_t>(b) * n + j] : 0;
+  }
+  __syncthreads();
+  const int row = row_block * kTile + threadIdx.x;
+  if (row >= n) return;
+  const int32_t i = idx[row];
+  const NmsBox me = MakeNmsBox(img_boxes + 4 * static_cast<int64_t>(i), offset);
+  const int32_t my_class = class_ids ? class_ids[static_cast<int64_t>(b) * n + i] : 0;
+  unsigned long long bits = 0;
+  const int first = col_block == row_block ? threadIdx.x + 1 : 0;
+  for (int t = first; t < col_count; ++t) {
+    if (col_class[t] == my_class && NmsIou(me, col_boxes[t]) > threshold) bits |= 1ULL << t;
+  }
+  mask[(static_cast<int64_t>(b) * n + row) * col_blocks + col_block] = bits;
+}
+
+// One block per image.
+__global__ void GreedyKernel(const float* sorted_keys, const int32_t* sorted_idx,
+                             const unsigned long long* mask, unsigned long long* removed, int n,
+                             int col_blocks, int max_output, int32_t* out_indices,
+                             int32_t* out_num_valid) {
+  const int b = blockIdx.x;
+  const float* keys = sorted_keys + static_cast<int64_t>(b) * n;
+  const int32_t* idx = sorted_idx + static_cast<int64_t>(b) * n;
+  const unsigned long long* m = mask + static_cast<int64_t>(b) * n * col_blocks;
+  unsigned long long* rem = removed + static_cast<int64_t>(b) * col_blocks;
+  int32_t* out = out_indices + static_cast<int64_t>(b) * max_output;
+  __shared__ int s_keep[kTile];
+  __shared__ int s_count, s_total, s_valid;
+  for (int w = threadIdx.x; w < col_blocks; w += blockDim.x) rem[w] = 0;
+  if (threadIdx.x == 0) {
+    // Candidates form a prefix of the sorted keys: find the first -inf.
+    int lo = 0, hi = n;
+    while (lo < hi) {
+      const int mid = (lo + hi) / 2;
+      if (keys[mid] > -__int_as_float(0x7f800000)) lo = mid + 1; else hi = mid;
+    }
+    s_valid = lo;
+    s_total = 0;
+  }
+  __syncthreads();
+  const int valid_blocks = (s_valid + kTile - 1) / kTile;
+  for (int blk = 0; blk < valid_blocks; ++blk) {
+    if (s_total >= max_output) break;  // uniform: read after a barrier
+    if (threadIdx.x == 0) {
+      unsigned long long r = rem[blk];
+      int count = 0;
+      for (int t = 0; t < kTile; ++t) {
+        const int i = blk * kTile + t;
+        if (i >= s_valid || s_total >= max_output) break;
+        if (!((r >> t) & 1ULL)) {
+          s_keep[count++] = i;
+          out[s_total++] = idx[i];
+          r |= m[static_cast<int64_t>(i) * col_blocks + blk];
+        }
+      }
+      rem[blk] = r;
+      s_count = count;
+    }
+    __syncthreads();
+    for (int w = blk + 1 + threadIdx.x; w < col_blocks; w += blockDim.x) {
+      unsigned long long acc = 0;
+      for (int q = 0; q < s_count; ++q) acc |= m[static_cast<int64_t>(s_keep[q]) * col_blocks + w];
+      rem[w] |= acc;
+    }
+    __syncthreads();
+  }
+  for (int k = s_total + threadIdx.x; k < max_output; k += blockDim.x) out[k] = -1;
+  if (threadIdx.x == 0) out_num_valid[b] = s_total;
+}
+
+}  // namespace
+
+const char* CudaErrorString(int code) { return cudaGetErrorString(static_cast<cudaError_t>(code)); }
+
+size_t NmsGpuWorkspaceBytes(int batch, int n) { return Layout(nullptr, batch, n).total; }
+
+int ValidateNmsGpu(const float* boxes, const float* scores, int64_t n, int* scratch,
+                   int64_t* bad_index, int* bad_code, float* row, void* stream) {
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  *bad_index = -1;
+  *bad_code = kNmsOk;
+  if (n == 0) return 0;
+  cudaError_t e = cudaMemsetAsync(scratch, 0x7f, sizeof(int), s);
+  if (e != cudaSuccess) return e;
+  const int blocks = static_cast<int>((n + kThreads - 1) / kThreads < 65535 * 64 ? (n + kThreads - 1) / kThreads : 65535 * 64);
+  ValidateKernel<<<blocks, kThreads, 0, s>>>(boxes, scores, n, scratch);
+  int first = 0x7f7f7f7f;
+  e = cudaMemcpyAsync(&first, scratch, sizeof(int), cudaMemcpyDeviceToHost, s);
+  if (e != cudaSuccess) return e;
+  e = cudaStreamSynchronize(s);
+  if (e != cudaSuccess) return e;
+  if (first != 0x7f7f7f7f) {
+    e = cudaMemcpy(row, boxes + 4 * static_cast<int64_t>(first), 4 * sizeof(float), cudaMemcpyDeviceToHost);
+    if (e != cudaSuccess) return e;
+    e = cudaMemcpy(row + 4, scores + first, sizeof(float), cudaMemcpyDeviceToHost);
+    if (e != cudaSuccess) return e;
+    *bad_index = first;
+    bool box_ok = true;
+    for (int j = 0; j < 4; ++j) box_ok = box_ok && IsFinite(row[j]);
+    *bad_code = box_ok ? kNmsScoreNotFinite : kNmsBoxNotFinite;
+  }
+  return cudaGetLastError();
+}
+
+int NmsGpu(const NmsParams& p, const float* boxes, const float* scores, const int32_t* class_ids,
+           int batch, int n, int32_t* out_indices, int32_t* out_num_valid, void* workspace,
+           size_t workspace_bytes, void* stream) {
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  if (batch == 0 || p.max_output == 0) return 0;
+  if (n == 0) {
+    cudaError_t e = cudaMemsetAsync(out_indices, 0xff, sizeof(int32_t) * batch * p.max_output, s);
+    if (e != cudaSuccess) return e;
+    return cudaMemsetAsync(out_num_valid, 0, sizeof(int32_t) * batch, s);
+  }
+  Workspace w = Layout(static_cast<char*>(workspace), batch, n);
+  if (workspace_bytes < w.total) return cudaErrorInvalidValue;
+  const int64_t items = static_cast<int64_t>(batch) * n;
+  const int blocks = static_cast<int>(items / kThreads + 1 < 4096 ? items / kThreads + 1 : 4096);
+  PrepareKeysKernel<<<blocks, kThreads, 0, s>>>(scores, batch, n, p.score_threshold, w.keys_in,
+                                               w.vals_in, w.offsets);
+  cudaError_t e = cub::DeviceSegmentedRadixSort::SortPairsDescending(
+      w.cub_temp, w.cub_bytes, w.keys_in, w.keys_out, w.vals_in, w.vals_out,
+      static_cast<int>(items), batch, w.offsets, w.offsets + 1, 0, 32, s);
+  if (e != cudaSuccess) return e;
+  const int col_blocks = (n + kTile - 1) / kTile;
+  dim3 grid(col_blocks, col_blocks, batch);
+  MaskKernel<<<grid, kTile, 0, s>>>(boxes, class_ids, w.vals_out, n, col_blocks, p.iou_threshold,
+                                    p.box_offset, w.mask);
+  GreedyKernel<<<batch, kThreads, 0, s>>>(w.keys_out, w.vals_out, w.mask, w.removed, n, col_blocks,
+                                          p.max_output, out_indices, out_num_valid);
+  return cudaGetLastError();
+}
+
+}  // namespace lhrcnn

@@ -1,0 +1,105 @@
+// CPU greedy NMS (see nms.h). Kept boxes are stored per class as structure-of-arrays so the
+// overlap test of a candidate against all kept boxes is one vectorised loop (AVX2 when the
+// CPU has it, chosen at load time by function multi-versioning).
+#include <algorithm>
+#include <numeric>
+#include <unordered_map>
+#include <vector>
+
+#include "common.h"
+#include "nms.h"
+
+namespace lhrcnn {
+
+int64_t FirstInvalidNmsInputCpu(const float* boxes, const float* scores, int64_t n, int* code) {
+  for (int64_t i = 0; i < n; ++i) {
+    for (int j = 0; j < 4; ++j) {
+      if (!IsFinite(boxes[4 * i + j])) {
+        *code = kNmsBoxNotFinite;
+        return i;
+      }
+    }
+    if (!IsFinite(scores[i])) {
+      *code = kNmsScoreNotFinite;
+      return i;
+    }
+  }
+  *code = kNmsOk;
+  return -1;
+}
+
+namespace {
+
+// Kept boxes of one class, only those with positive area (the others overlap nothing).
+struct KeptBoxes {
+  std::vector<float> x1, y1, x2, y2, area;
+  void Add(const NmsBox& b) {
+    x1.push_back(b.x1); y1.push_back(b.y1); x2.push_back(b.x2); y2.push_back(b.y2);
+    area.push_back(b.area);
+  }
+};
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define LHRCNN_MULTIVERSION __attribute__((target_clones("avx2", "default")))
+#else
+#define LHRCNN_MULTIVERSION
+#endif
+
+// True when some kept box overlaps b with IoU > threshold. Same arithmetic as NmsIou
+// (all kept areas are > 0 and so is b.area when this is called).
+LHRCNN_MULTIVERSION
+bool AnyOverlapAbove(const float* x1, const float* y1, const float* x2, const float* y2,
+                     const float* area, int n, float bx1, float by1, float bx2, float by2,
+                     float barea, float threshold) {
+  constexpr int kChunk = 32;
+  for (int start = 0; start < n; start += kChunk) {
+    const int stop = std::min(n, start + kChunk);
+    int hit = 0;
+    for (int j = start; j < stop; ++j) {
+      const float iy1 = y1[j] > by1 ? y1[j] : by1;
+      const float ix1 = x1[j] > bx1 ? x1[j] : bx1;
+      const float iy2 = y2[j] < by2 ? y2[j] : by2;
+      const float ix2 = x2[j] < bx2 ? x2[j] : bx2;
+      const float iw = ix2 - ix1 > 0.f ? ix2 - ix1 : 0.f;
+      const float ih = iy2 - iy1 > 0.f ? iy2 - iy1 : 0.f;
+      const float inter = iw * ih;
+      hit |= (inter / (barea + area[j] - inter)) > threshold;
+    }
+    if (hit) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+int NmsCpu(const NmsParams& p, const float* boxes, const float* scores, const int32_t* class_ids,
+           int n, int32_t* out_indices) {
+  std::fill(out_indices, out_indices + p.max_output, -1);
+  if (p.max_output <= 0 || n <= 0) return 0;
+  std::vector<int32_t> order;
+  order.reserve(n);
+  for (int i = 0; i < n; ++i)
+    if (scores[i] > p.score_threshold) order.push_back(i);
+  std::sort(order.begin(), order.end(), [scores](int32_t a, int32_t b) {
+    return scores[a] > scores[b] || (scores[a] == scores[b] && a < b);
+  });
+  KeptBoxes all_classes;
+  std::unordered_map<int32_t, KeptBoxes> by_class;
+  int kept = 0;
+  for (const int32_t i : order) {
+    const NmsBox b = MakeNmsBox(boxes + 4 * static_cast<int64_t>(i), p.box_offset);
+    KeptBoxes& list = class_ids ? by_class[class_ids[i]] : all_classes;
+    if (b.area > 0.f) {
+      if (AnyOverlapAbove(list.x1.data(), list.y1.data(), list.x2.data(), list.y2.data(),
+                          list.area.data(), static_cast<int>(list.area.size()), b.x1, b.y1,
+                          b.x2, b.y2, b.area, p.iou_threshold))
+        continue;
+      list.Add(b);
+    }
+    out_indices[kept++] = i;
+    if (kept == p.max_output) break;
+  }
+  return kept;
+}
+
+}  // namespace lhrcnn

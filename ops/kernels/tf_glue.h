@@ -1,0 +1,149 @@
+// TensorFlow glue shared by the op registrations: the CPU thread pool as a ParallelFor, the
+// CUDA stream of a GPU kernel, and the error messages for invalid RoIs / NMS inputs.
+#ifndef LHRCNN_OPS_KERNELS_TF_GLUE_H_
+#define LHRCNN_OPS_KERNELS_TF_GLUE_H_
+
+#include <cmath>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "common.h"
+#include "roi_pooling.h"
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/util/work_sharder.h"
+#if LHRCNN_WITH_CUDA
+#include "xla/stream_executor/stream.h"
+#endif
+
+// Like OP_REQUIRES_OK, for helpers that return a value.
+#define LHRCNN_REQUIRES_OK_RETURN(ctx, value, expr)   \
+  do {                                                 \
+    const ::tensorflow::Status _lhrcnn_s = (expr);     \
+    if (!_lhrcnn_s.ok()) {                             \
+      (ctx)->CtxFailure(__FILE__, __LINE__, _lhrcnn_s); \
+      return value;                                    \
+    }                                                  \
+  } while (0)
+
+namespace lhrcnn {
+namespace tfglue {
+
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Status;
+using ::tensorflow::Tensor;
+using ::tensorflow::TensorShape;
+namespace errors = ::tensorflow::errors;
+namespace shape_inference = ::tensorflow::shape_inference;
+
+inline ParallelFor CpuParallelFor(OpKernelContext* ctx) {
+  const auto* workers = ctx->device()->tensorflow_cpu_worker_threads();
+  return [workers](int64_t total, int64_t cost, const std::function<void(int64_t, int64_t)>& fn) {
+    ::tensorflow::Shard(workers->num_threads, workers->workers, total, cost, fn);
+  };
+}
+
+#if LHRCNN_WITH_CUDA
+inline void* GpuStream(OpKernelContext* ctx) {
+  return ctx->op_device_context()->stream()->platform_specific_handle().stream;
+}
+#endif
+
+inline std::string RoiString(const float* row) {
+  return absl::StrCat("(", row[0], ", ", row[1], ", ", row[2], ", ", row[3], ", ", row[4], ")");
+}
+
+inline Status RoiError(const char* op, int index, int code, const float* row, int batch) {
+  const std::string where = absl::StrCat(op, ": rois[", index, "] = ", RoiString(row));
+  switch (code) {
+    case kRoiBatchNotInteger:
+      return errors::InvalidArgument(where, " has batch index ", row[0],
+                                     ", which is not a whole number (column 0 must hold an "
+                                     "image index in [0, ", batch, "))");
+    case kRoiBatchOutOfRange:
+      return errors::InvalidArgument(where, " has batch index ", row[0],
+                                     " outside [0, ", batch, "): features hold ", batch,
+                                     " image(s)");
+    default:
+      return errors::InvalidArgument(where, " has a non-finite coordinate (NaN or Inf)");
+  }
+}
+
+// Shapes of features [B, H, W, C] and rois [R, 5]; `channel_divisor` must divide C.
+inline Status CheckFeaturesAndRois(const char* op, const Tensor& features, const Tensor& rois,
+                                   int64_t channel_divisor) {
+  if (features.dims() != 4)
+    return errors::InvalidArgument(op, ": features must be rank 4 [B, H, W, C] (NHWC), got shape ",
+                                   features.shape().DebugString());
+  if (rois.dims() != 2 || rois.dim_size(1) != 5)
+    return errors::InvalidArgument(op, ": rois must have shape [R, 5] = (batch_index, x1, y1, x2, "
+                                   "y2), got shape ", rois.shape().DebugString());
+  if (features.dim_size(1) == 0 || features.dim_size(2) == 0)
+    return errors::InvalidArgument(op, ": features must have non-zero height and width, got shape ",
+                                   features.shape().DebugString());
+  if (features.dim_size(3) % channel_divisor != 0)
+    return errors::InvalidArgument(op, ": features has ", features.dim_size(3),
+                                   " channels, which is not divisible by ", channel_divisor,
+                                   " (group_size^2, the number of position-sensitive bins)");
+  const int64_t kMaxInt = 0x7fffffff;
+  if (features.NumElements() > kMaxInt * 16 || rois.dim_size(0) > kMaxInt / 8 ||
+      features.dim_size(0) > kMaxInt || features.dim_size(1) > kMaxInt ||
+      features.dim_size(2) > kMaxInt || features.dim_size(3) > kMaxInt)
+    return errors::InvalidArgument(op, ": tensors too large: features ",
+                                   features.shape().DebugString(), ", rois ",
+                                   rois.shape().DebugString());
+  return ::tensorflow::OkStatus();
+}
+
+inline FeatureShape ShapeOf(const Tensor& features) {
+  return FeatureShape{static_cast<int>(features.dim_size(0)), static_cast<int>(features.dim_size(1)),
+                      static_cast<int>(features.dim_size(2)), static_cast<int>(features.dim_size(3))};
+}
+
+// Validates RoI values on the host (CPU kernels).
+inline Status CheckRoisCpu(const char* op, const Tensor& rois, int batch) {
+  int code = 0;
+  const float* data = rois.flat<float>().data();
+  const int bad = FirstInvalidRoiCpu(data, static_cast<int>(rois.dim_size(0)), batch, &code);
+  if (bad < 0) return ::tensorflow::OkStatus();
+  return RoiError(op, bad, code, data + 5 * static_cast<int64_t>(bad), batch);
+}
+
+#if LHRCNN_WITH_CUDA
+// Validates RoI values on the device (GPU kernels); synchronizes the stream.
+inline Status CheckRoisGpu(OpKernelContext* ctx, const char* op, const Tensor& rois, int batch) {
+  Tensor scratch;
+  TF_RETURN_IF_ERROR(ctx->allocate_temp(::tensorflow::DT_INT32, TensorShape({1}), &scratch));
+  int bad = -1, code = 0;
+  float row[5] = {0, 0, 0, 0, 0};
+  const int e = ValidateRoisGpu(rois.flat<float>().data(), static_cast<int>(rois.dim_size(0)), batch,
+                                scratch.flat<int32_t>().data(), &bad, &code, row, GpuStream(ctx));
+  if (e != 0) return errors::Internal(op, ": CUDA error while validating rois: ", CudaErrorString(e));
+  if (bad < 0) return ::tensorflow::OkStatus();
+  return RoiError(op, bad, code, row, batch);
+}
+#endif
+
+inline Status CheckScale(const char* op, float scale) {
+  if (!(scale > 0.f) || !std::isfinite(scale))
+    return errors::InvalidArgument(op, ": spatial_scale must be a positive finite number, got ",
+                                   scale);
+  return ::tensorflow::OkStatus();
+}
+
+// Shape function helper: features [B, H, W, C], rois [R, 5]; returns C and R handles.
+inline Status InferPoolInputs(shape_inference::InferenceContext* c,
+                              shape_inference::ShapeHandle* features,
+                              shape_inference::ShapeHandle* rois) {
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, features));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 2, rois));
+  shape_inference::DimensionHandle unused;
+  TF_RETURN_IF_ERROR(c->WithValue(c->Dim(*rois, 1), 5, &unused));
+  return ::tensorflow::OkStatus();
+}
+
+}  // namespace tfglue
+}  // namespace lhrcnn
+
+#endif  // LHRCNN_OPS_KERNELS_TF_GLUE_H_
