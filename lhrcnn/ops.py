@@ -202,7 +202,7 @@ def _align_twin(features, rois, pooled_h, pooled_w, sampling, spatial_scale, poo
                              [0, 4, 5, 1, 2, 3])
     else:
         table = features
-    table = tf.reshape(table, [-1, k])
+    table = tf.reshape(table, [batch * planes * height * width, k])  # explicit: k may be 0
 
     scale = tf.constant(spatial_scale, tf.float32)
     offset = tf.constant(0.5 if aligned else 0.0, tf.float32)
@@ -256,7 +256,7 @@ def _ps_roi_pool_twin(features, rois, group_size, spatial_scale):
     planes = tf.transpose(tf.reshape(features, [batch, height, width, k, g, g]), [0, 4, 5, 1, 2, 3])
     sat = tf.cumsum(tf.cumsum(tf.cast(planes, tf.float64), axis=3), axis=4)
     sat = tf.pad(sat, [[0, 0], [0, 0], [0, 0], [1, 0], [1, 0], [0, 0]])  # [B, G, G, H+1, W+1, K]
-    table = tf.reshape(sat, [-1, k])
+    table = tf.reshape(sat, [batch * g * g * (height + 1) * (width + 1), k])
 
     scale = tf.constant(spatial_scale, tf.float32)
     b = tf.cast(rois[:, 0], tf.int32)
@@ -425,12 +425,13 @@ def _nms_checks(boxes, scores, class_ids):
                                                 message="nms: class_ids must have the shape of scores"))
     flat_boxes = tf.reshape(boxes, [-1, 4])
     flat_scores = tf.reshape(scores, [-1])
-    ok = tf.reduce_all(tf.math.is_finite(flat_boxes), axis=1) & tf.math.is_finite(flat_scores)
-    first_bad = tf.argmin(tf.concat([tf.cast(ok, tf.int32), [0]], 0), output_type=tf.int32)
-    padded = tf.concat([tf.concat([flat_boxes, flat_scores[:, None]], 1), tf.zeros([1, 5])], 0)
-    checks.append(tf.debugging.Assert(
-        tf.reduce_all(ok), ["nms: non-finite box or score; first bad (flattened) index:", first_bad,
-                            "box and score:", tf.gather(padded, first_bad)], summarize=8))
+    for name, ok, values in (("boxes", tf.reduce_all(tf.math.is_finite(flat_boxes), axis=1), flat_boxes),
+                             ("scores", tf.math.is_finite(flat_scores), flat_scores[:, None])):
+        first_bad = tf.argmin(tf.concat([tf.cast(ok, tf.int32), [0]], 0), output_type=tf.int32)
+        padded = tf.concat([values, tf.zeros([1, values.shape[1]])], 0)
+        checks.append(tf.debugging.Assert(
+            tf.reduce_all(ok), [f"nms: {name} has a non-finite value; first bad (flattened) index:",
+                                first_bad, "value:", tf.gather(padded, first_bad)], summarize=8))
     return checks
 
 

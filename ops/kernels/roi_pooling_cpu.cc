@@ -190,8 +190,12 @@ void RoiAlignBackwardCpu(const AlignParams& p, const FeatureShape& fs, const flo
   const int P = p.planes(), K = fs.channels / P, H = fs.height, W = fs.width;
   const int PH = p.pooled_h, PW = p.pooled_w, Sh = p.sample_h, Sw = p.sample_w;
   const int S = p.samples();
-  float* gplanes = P > 1 ? workspace : grad_features;
   const int64_t plane_size = static_cast<int64_t>(H) * W * K;
+  if (K == 0 || num_rois == 0 || fs.batch == 0) {
+    ZeroFill(grad_features, plane_size * fs.batch * P, pf);
+    return;
+  }
+  float* gplanes = P > 1 ? workspace : grad_features;
   ZeroFill(gplanes, plane_size * fs.batch * P, pf);
   // Channel chunks keep shards numerous when there is a single plane (RoIAlign).
   const int chunk = P > 1 ? K : std::max(1, std::min(K, 32));
@@ -298,8 +302,12 @@ void PsRoiPoolBackwardCpu(const PsPoolParams& p, const FeatureShape& fs, const f
                           int num_rois, const float* grad_out, float* grad_features,
                           float* workspace, const ParallelFor& pf) {
   const int G = p.group, P = G * G, K = fs.channels / P, H = fs.height, W = fs.width;
-  float* gplanes = P > 1 ? workspace : grad_features;
   const int64_t plane_size = static_cast<int64_t>(H) * W * K;
+  if (K == 0 || num_rois == 0 || fs.batch == 0) {
+    ZeroFill(grad_features, plane_size * fs.batch * P, pf);
+    return;
+  }
+  float* gplanes = P > 1 ? workspace : grad_features;
   ZeroFill(gplanes, plane_size * fs.batch * P, pf);
   const int64_t units = static_cast<int64_t>(fs.batch) * P;
   const int64_t cost = std::max<int64_t>(1, num_rois / fs.batch) * K * 40;

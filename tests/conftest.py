@@ -1,0 +1,23 @@
+"""Test configuration: quiet TensorFlow, deterministic hypothesis, shared fixtures."""
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # reference_ops
+
+import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("ci", max_examples=200, deadline=None, database=None, derandomize=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+BACKENDS = ("custom", "tf")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    """Both op backends. The compiled one must be available: `make install` builds it."""
+    from lhrcnn import ops
+    if request.param == "custom":
+        assert ops.custom_ops_available(), ops.custom_ops_load_error()
+    return request.param
