@@ -1,0 +1,1 @@
+"""Benchmarks behind scripts/benchmark.py: timing helpers and one module per subject."""

@@ -1,0 +1,136 @@
+"""Benchmark of the custom ops against the best stock-TF formulations, on this machine.
+
+Cases (issue #2): PS-RoI-Align forward + backward on one 800x1333 image's thin feature map
+[1, 50, 84, 490] with 2000 RoIs (G = 7, 2x2 samples); NMS 12000 -> 2000 boxes at IoU 0.7,
+uniform and clustered; class-aware batched NMS of 1000 boxes x 80 classes against
+tf.image.combined_non_max_suppression. Each row has the op's time, the baseline's, the speed-up
+and the memory-traffic floor (bytes the op must read and write / measured copy bandwidth).
+"""
+import numpy as np
+import tensorflow as tf
+
+from lhrcnn import ops
+from lhrcnn.bench.timing import copy_bandwidth, median_seconds
+
+G, SAMPLES, SCALE = 7, 2, 1.0 / 16.0
+
+
+def _rois(rng, count, height, width):
+    cx, cy = rng.uniform(0, width, count), rng.uniform(0, height, count)
+    w, h = rng.uniform(16, 400, count), rng.uniform(16, 400, count)
+    return np.stack([np.zeros(count), cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1).astype(np.float32)
+
+
+def stock_ps_roi_align(features, rois):
+    """The best stock-op PS-RoI-Align we know: for each of the G*G bins, one 2x2
+    tf.image.crop_and_resize on that bin's channel slice, then the max over the 4 samples."""
+    shape = tf.shape(features)
+    height, width = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
+    x1, y1, x2, y2 = [rois[:, i] * SCALE for i in range(1, 5)]
+    bw, bh = tf.maximum(x2 - x1, 0.0) / G, tf.maximum(y2 - y1, 0.0) / G
+    box_index = tf.cast(rois[:, 0], tf.int32)
+    rows = []
+    for ph in range(G):
+        cols = []
+        for pw in range(G):
+            channels = features[..., ph * G + pw::G * G]  # channel (k * G + ph) * G + pw
+            # crop_and_resize samples the box corners: put them on the first and last sample.
+            ys = y1 + bh * (ph + 0.25)
+            ye = y1 + bh * (ph + 0.75)
+            xs = x1 + bw * (pw + 0.25)
+            xe = x1 + bw * (pw + 0.75)
+            boxes = tf.stack([ys / (height - 1), xs / (width - 1), ye / (height - 1), xe / (width - 1)], 1)
+            crops = tf.image.crop_and_resize(channels, boxes, box_index, [SAMPLES, SAMPLES])
+            cols.append(tf.reduce_max(crops, axis=[1, 2]))
+        rows.append(tf.stack(cols, 1))
+    return tf.stack(rows, 1)
+
+
+def _forward_backward(fn, features, rois, grad):
+    @tf.function
+    def run():
+        with tf.GradientTape() as tape:
+            tape.watch(features)
+            out = fn(features, rois)
+        return tape.gradient(out, features, output_gradients=grad)
+    return lambda: run().numpy()
+
+
+def bench_ps_roi_align(repeats, bandwidth):
+    rng = np.random.default_rng(0)
+    features = tf.constant(rng.normal(size=(1, 50, 84, 490)).astype(np.float32))
+    rois = tf.constant(_rois(rng, 2000, 800, 1333))
+    grad = tf.constant(rng.normal(size=(2000, G, G, 10)).astype(np.float32))
+    impls = {
+        "custom": lambda f, r: ops.ps_roi_align(f, r, G, SCALE, backend="custom"),
+        "twin": lambda f, r: ops.ps_roi_align(f, r, G, SCALE, backend="tf"),
+        "stock crop_and_resize": stock_ps_roi_align,
+    }
+    times = {name: median_seconds(_forward_backward(fn, features, rois, grad), repeats=repeats)
+             for name, fn in impls.items()}
+    fbytes, obytes = features.shape.num_elements() * 4, grad.shape.num_elements() * 4
+    floor = (2 * fbytes + 2 * obytes + rois.shape.num_elements() * 4) / bandwidth
+    rows = []
+    for name in ("twin", "stock crop_and_resize"):
+        rows.append(dict(case="ps_roi_align fwd+bwd [1,50,84,490], 2000 RoIs", baseline=name,
+                         op_ms=times["custom"] * 1e3, baseline_ms=times[name] * 1e3,
+                         speedup=times[name] / times["custom"], floor_ms=floor * 1e3, target=5.0))
+    return rows
+
+
+def _nms_boxes(rng, n, clustered):
+    if clustered:
+        centres = rng.uniform(0, 1000, (40, 2))
+        c = centres[rng.integers(0, 40, n)] + rng.normal(0, 12, (n, 2))
+    else:
+        c = rng.uniform(0, 1000, (n, 2))
+    wh = rng.uniform(16, 300, (n, 2))
+    return np.concatenate([c - wh / 2, c + wh / 2], 1).astype(np.float32)
+
+
+def bench_nms(repeats, bandwidth):
+    rng = np.random.default_rng(1)
+    rows = []
+    for clustered in (False, True):
+        boxes = tf.constant(_nms_boxes(rng, 12000, clustered))
+        scores = tf.constant(rng.uniform(size=12000).astype(np.float32))
+        ours = tf.function(lambda: ops.nms(boxes, scores, 2000, 0.7, backend="custom"))
+        theirs = tf.function(lambda: tf.image.non_max_suppression(boxes, scores, 2000, 0.7))
+        t_ours = median_seconds(lambda: ours()[0].numpy(), repeats=repeats)
+        t_theirs = median_seconds(lambda: theirs().numpy(), repeats=repeats)
+        kept = int(ours()[1])
+        floor = (12000 * 5 * 4 + 2000 * 4) / bandwidth
+        rows.append(dict(case=f"nms 12000 -> 2000 @0.7, {'clustered' if clustered else 'uniform'} ({kept} kept)",
+                         baseline="tf.image.non_max_suppression", op_ms=t_ours * 1e3,
+                         baseline_ms=t_theirs * 1e3, speedup=t_theirs / t_ours, floor_ms=floor * 1e3, target=3.0))
+    # Class-aware, batched: 1000 boxes x 80 classes (a detector's per-class boxes and scores).
+    b, n, c, k = 2, 1000, 80, 100
+    boxes = _nms_boxes(rng, b * n * c, True).reshape(b, n, c, 4)
+    logits = rng.normal(size=(b, n, c + 1)) * 3
+    probs = (np.exp(logits) / np.exp(logits).sum(-1, keepdims=True))[..., 1:].astype(np.float32)
+    thr = 0.05
+    tb, ts = tf.constant(boxes), tf.constant(probs)
+    flat_boxes = tf.reshape(tb, [b, n * c, 4])
+    flat_scores = tf.reshape(ts, [b, n * c])
+    flat_classes = tf.constant(np.tile(np.arange(c, dtype=np.int32), (b, n)))
+    ours = tf.function(lambda: ops.nms(flat_boxes, flat_scores, k, 0.5, thr, flat_classes, backend="custom"))
+    # y/x order does not matter for IoU; combined NMS wants [B, N, q, 4] and [B, N, classes].
+    theirs = tf.function(lambda: tf.image.combined_non_max_suppression(
+        tb, ts, max_output_size_per_class=k, max_total_size=k, iou_threshold=0.5, score_threshold=thr,
+        clip_boxes=False))
+    t_ours = median_seconds(lambda: ours()[0].numpy(), repeats=repeats)
+    t_theirs = median_seconds(lambda: theirs()[0].numpy(), repeats=repeats)
+    floor = (b * n * c * 5 * 4) / bandwidth
+    rows.append(dict(case=f"class-aware nms {b}x{n} boxes x {c} classes, score>{thr}, top {k}",
+                     baseline="tf.image.combined_non_max_suppression", op_ms=t_ours * 1e3,
+                     baseline_ms=t_theirs * 1e3, speedup=t_theirs / t_ours, floor_ms=floor * 1e3, target=2.0))
+    return rows
+
+
+def run(repeats=15):
+    """Returns (rows, extra) for the ops section."""
+    if not ops.custom_ops_available():
+        raise RuntimeError(f"the ops benchmark needs the compiled ops: {ops.custom_ops_load_error()}")
+    bandwidth = copy_bandwidth()
+    rows = bench_ps_roi_align(repeats, bandwidth) + bench_nms(repeats, bandwidth)
+    return rows, {"copy_bandwidth_gb_s": bandwidth / 1e9}
