@@ -27,7 +27,7 @@ test: install
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests
 
 demo: install
-	$(PY) scripts/demo_main.py
+	$(PY) scripts/run_main_job.py
 
 bench: install
 	$(PY) scripts/benchmark.py
