@@ -126,7 +126,7 @@ __global__ void GreedyKernel(const float* sorted_keys, const int32_t* sorted_idx
   unsigned long long* rem = removed + static_cast<int64_t>(b) * col_blocks;
   int32_t* out = out_indices + static_cast<int64_t>(b) * max_output;
   __shared__ int s_keep[kTile];
-  __shared__ int s_count, s_total, s_valid;
+  __shared__ int s_count, s_total, s_valid, s_done;
   for (int w = threadIdx.x; w < col_blocks; w += blockDim.x) rem[w] = 0;
   if (threadIdx.x == 0) {
     // Candidates form a prefix of the sorted keys: find the first -inf.
@@ -139,9 +139,11 @@ __global__ void GreedyKernel(const float* sorted_keys, const int32_t* sorted_idx
     s_total = 0;
   }
   __syncthreads();
-  const int valid_blocks = (s_valid + kTile - 1) / kTile;
+  const int valid_blocks = max_output > 0 ? (s_valid + kTile - 1) / kTile : 0;
   for (int blk = 0; blk < valid_blocks; ++blk) {
-    if (s_total >= max_output) break;  // uniform: read after a barrier
+    // Thread 0 resolves this tile's candidates in order; shared state it writes here is read by
+    // the other threads only after the barrier below, and it cannot write again before the
+    // second barrier, so every thread sees the same `done`.
     if (threadIdx.x == 0) {
       unsigned long long r = rem[blk];
       int count = 0;
@@ -156,14 +158,19 @@ __global__ void GreedyKernel(const float* sorted_keys, const int32_t* sorted_idx
       }
       rem[blk] = r;
       s_count = count;
+      s_done = s_total >= max_output;
     }
     __syncthreads();
-    for (int w = blk + 1 + threadIdx.x; w < col_blocks; w += blockDim.x) {
-      unsigned long long acc = 0;
-      for (int q = 0; q < s_count; ++q) acc |= m[static_cast<int64_t>(s_keep[q]) * col_blocks + w];
-      rem[w] |= acc;
+    const bool done = s_done;
+    if (!done) {
+      for (int w = blk + 1 + threadIdx.x; w < col_blocks; w += blockDim.x) {
+        unsigned long long acc = 0;
+        for (int q = 0; q < s_count; ++q) acc |= m[static_cast<int64_t>(s_keep[q]) * col_blocks + w];
+        rem[w] |= acc;
+      }
     }
     __syncthreads();
+    if (done) break;
   }
   for (int k = s_total + threadIdx.x; k < max_output; k += blockDim.x) out[k] = -1;
   if (threadIdx.x == 0) out_num_valid[b] = s_total;
