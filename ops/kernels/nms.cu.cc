@@ -214,10 +214,12 @@ int NmsGpu(const NmsParams& p, const float* boxes, const float* scores, const in
            int batch, int n, int32_t* out_indices, int32_t* out_num_valid, void* workspace,
            size_t workspace_bytes, void* stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  if (batch == 0 || p.max_output == 0) return 0;
-  if (n == 0) {
-    cudaError_t e = cudaMemsetAsync(out_indices, 0xff, sizeof(int32_t) * batch * p.max_output, s);
-    if (e != cudaSuccess) return e;
+  if (batch == 0) return 0;
+  if (n == 0 || p.max_output == 0) {  // nothing to visit: all -1, counts 0
+    if (p.max_output > 0) {
+      cudaError_t e = cudaMemsetAsync(out_indices, 0xff, sizeof(int32_t) * batch * p.max_output, s);
+      if (e != cudaSuccess) return e;
+    }
     return cudaMemsetAsync(out_num_valid, 0, sizeof(int32_t) * batch, s);
   }
   Workspace w = Layout(static_cast<char*>(workspace), batch, n);
