@@ -102,7 +102,7 @@ def build_ops(verbose=True):
     compile_flags, link_flags, tf_version = tf_flags()
     nvcc = find_nvcc()
     cxx = os.environ.get("CXX", "g++")
-    cxxflags = ["-std=c++17", "-O3", "-fPIC", "-ffp-contract=off", "-Wno-deprecated-declarations",
+    cxxflags = ["-std=c++17", "-O3", "-fPIC", "-ffp-contract=off", "-Wno-deprecated-declarations", "-Wno-psabi",
                 f"-I{KERNELS}"] + compile_flags
     info = {"tensorflow": tf_version, "cuda": False}
     jobs = []  # (source, object, command)

@@ -33,35 +33,49 @@ int FirstInvalidRoiCpu(const float* rois, int num_rois, int batch, int* code) {
 
 namespace {
 
-// NHWC [B, H, W, P * K] (channel c = k * P + p) -> plane-major [B, P, H, W, K].
-void ToPlanes(const float* src, float* dst, const FeatureShape& fs, int planes,
+// Transposes work on blocks of kPixelBlock pixels: the block's NHWC rows stay in cache while
+// every plane receives one contiguous run, instead of P interleaved write streams.
+constexpr int64_t kPixelBlock = 64;
+
+// NHWC [B, H, W, P * K] (channel c = k * P + p) -> plane-major [B, P, H, W, KP], KP >= K
+// (the pad lanes are zero).
+void ToPlanes(const float* src, float* dst, const FeatureShape& fs, int planes, int kp,
               const ParallelFor& pf) {
   const int C = fs.channels, K = C / planes;
   const int64_t hw = static_cast<int64_t>(fs.height) * fs.width;
-  pf(fs.batch * hw, 2 * C, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t b = i / hw, pix = i % hw;
-      const float* s = src + i * C;
+  const int64_t blocks_per_image = (hw + kPixelBlock - 1) / kPixelBlock;
+  pf(fs.batch * blocks_per_image, kPixelBlock * planes * kp * 2, [&](int64_t begin, int64_t end) {
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t b = blk / blocks_per_image, pix0 = (blk % blocks_per_image) * kPixelBlock;
+      const int64_t pix1 = std::min(hw, pix0 + kPixelBlock);
       for (int p = 0; p < planes; ++p) {
-        float* d = dst + ((b * planes + p) * hw + pix) * K;
-        for (int k = 0; k < K; ++k) d[k] = s[k * planes + p];
+        float* d = dst + ((b * planes + p) * hw + pix0) * kp;
+        for (int64_t pix = pix0; pix < pix1; ++pix, d += kp) {
+          const float* s = src + (b * hw + pix) * C + p;
+          for (int k = 0; k < K; ++k) d[k] = s[k * planes];
+          for (int k = K; k < kp; ++k) d[k] = 0.f;
+        }
       }
     }
   });
 }
 
-// Inverse of ToPlanes.
-void FromPlanes(const float* src, float* dst, const FeatureShape& fs, int planes,
+// Inverse of ToPlanes (the pad lanes are dropped).
+void FromPlanes(const float* src, float* dst, const FeatureShape& fs, int planes, int kp,
                 const ParallelFor& pf) {
   const int C = fs.channels, K = C / planes;
   const int64_t hw = static_cast<int64_t>(fs.height) * fs.width;
-  pf(fs.batch * hw, 2 * C, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t b = i / hw, pix = i % hw;
-      float* d = dst + i * C;
+  const int64_t blocks_per_image = (hw + kPixelBlock - 1) / kPixelBlock;
+  pf(fs.batch * blocks_per_image, kPixelBlock * planes * kp * 2, [&](int64_t begin, int64_t end) {
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t b = blk / blocks_per_image, pix0 = (blk % blocks_per_image) * kPixelBlock;
+      const int64_t pix1 = std::min(hw, pix0 + kPixelBlock);
       for (int p = 0; p < planes; ++p) {
-        const float* s = src + ((b * planes + p) * hw + pix) * K;
-        for (int k = 0; k < K; ++k) d[k * planes + p] = s[k];
+        const float* s = src + ((b * planes + p) * hw + pix0) * kp;
+        for (int64_t pix = pix0; pix < pix1; ++pix, s += kp) {
+          float* d = dst + (b * hw + pix) * C + p;
+          for (int k = 0; k < K; ++k) d[k * planes] = s[k];
+        }
       }
     }
   });
@@ -75,27 +89,42 @@ void ZeroFill(float* dst, int64_t n, const ParallelFor& pf) {
   });
 }
 
-// The four taps of one sample inside a [H, W, K] plane.
-struct SampleTaps {
-  int64_t o1, o2, o3, o4;  // offsets (in floats) of the K-vectors
-  float w1, w2, w3, w4;
-};
+// The RoI-Align family works on vectors of 8 floats: a bin's K channels are padded to
+// KP = round_up(K, 8) in the plane-major copy, so every sample is a few whole-vector
+// multiply-adds (no scalar tails, no alias checks). GCC vector extensions compile to AVX2 in
+// the multiversioned clones and to SSE pairs in the default ones.
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+constexpr int kLanes = 8;
 
-inline SampleTaps MakeSampleTaps(const AxisTap& ty, const AxisTap& tx, int width, int K) {
-  SampleTaps t;
-  const int64_t rlo = static_cast<int64_t>(ty.lo) * width, rhi = static_cast<int64_t>(ty.hi) * width;
-  t.o1 = (rlo + tx.lo) * K; t.o2 = (rlo + tx.hi) * K;
-  t.o3 = (rhi + tx.lo) * K; t.o4 = (rhi + tx.hi) * K;
-  t.w1 = ty.wlo * tx.wlo; t.w2 = ty.wlo * tx.whi;
-  t.w3 = ty.whi * tx.wlo; t.w4 = ty.whi * tx.whi;
-  return t;
-}
+inline int PadLanes(int k) { return (k + kLanes - 1) / kLanes * kLanes; }
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define LHRCNN_MULTIVERSION __attribute__((target_clones("avx2", "default")))
 #else
 #define LHRCNN_MULTIVERSION
 #endif
+
+typedef float v8fu __attribute__((vector_size(32), aligned(4), may_alias));
+
+__attribute__((always_inline)) inline v8f Load(const float* p) { return *reinterpret_cast<const v8fu*>(p); }
+__attribute__((always_inline)) inline void Store(float* p, v8f v) { *reinterpret_cast<v8fu*>(p) = v; }
+
+// The four taps of one sample inside a [H, W, KP] plane: float offsets of their vectors.
+struct SampleTaps {
+  int64_t o1, o2, o3, o4;
+  float w1, w2, w3, w4;
+};
+
+inline SampleTaps MakeSampleTaps(const AxisTap& ty, const AxisTap& tx, int width, int kp) {
+  SampleTaps t;
+  const int64_t rlo = static_cast<int64_t>(ty.lo) * width, rhi = static_cast<int64_t>(ty.hi) * width;
+  t.o1 = (rlo + tx.lo) * kp; t.o2 = (rlo + tx.hi) * kp;
+  t.o3 = (rhi + tx.lo) * kp; t.o4 = (rhi + tx.hi) * kp;
+  t.w1 = ty.wlo * tx.wlo; t.w2 = ty.wlo * tx.whi;
+  t.w3 = ty.whi * tx.wlo; t.w4 = ty.whi * tx.whi;
+  return t;
+}
 
 // Axis taps of every sample row and column of every RoI, computed once per call:
 // y[r * PH * Sh + ph * Sh + iy], x[r * PW * Sw + pw * Sw + ix].
@@ -124,14 +153,14 @@ struct TapTable {
     });
   }
   // Taps of the samples of bin (ph, pw) of RoI r, in (iy, ix) order.
-  void BinSamples(const AlignParams& p, int64_t r, int ph, int pw, int width, int K,
+  void BinSamples(const AlignParams& p, int64_t r, int ph, int pw, int width, int kp,
                   std::vector<SampleTaps>* out) const {
     out->resize(p.samples());
     const AxisTap* ty = &y[r * rows + ph * p.sample_h];
     const AxisTap* tx = &x[r * cols + pw * p.sample_w];
     for (int iy = 0; iy < p.sample_h; ++iy)
       for (int ix = 0; ix < p.sample_w; ++ix)
-        (*out)[iy * p.sample_w + ix] = MakeSampleTaps(ty[iy], tx[ix], width, K);
+        (*out)[iy * p.sample_w + ix] = MakeSampleTaps(ty[iy], tx[ix], width, kp);
   }
 };
 
@@ -146,58 +175,68 @@ struct RoisByImage {
   }
 };
 
-// Pools one bin from a [H, W, K] plane into o[K] (and the winning samples into am[K]).
+// Pools lanes [0, k_count) of one bin from a [H, W, KP] plane (KP = round_up(k_count, 8))
+// into out[k_count] and, for max pooling, the first maximal sample's index into win[k_count].
 LHRCNN_MULTIVERSION
-void PoolAlignBin(bool max_pool, const float* plane, int K, const SampleTaps* taps, int num_samples,
-                  float* o, int32_t* am) {
-  for (int s = 0; s < num_samples; ++s) {
-    const SampleTaps& t = taps[s];
-    const float *p1 = plane + t.o1, *p2 = plane + t.o2, *p3 = plane + t.o3, *p4 = plane + t.o4;
-    const float w1 = t.w1, w2 = t.w2, w3 = t.w3, w4 = t.w4;
-    if (s == 0) {
-      for (int k = 0; k < K; ++k) o[k] = w1 * p1[k] + w2 * p2[k] + w3 * p3[k] + w4 * p4[k];
-      if (am) std::fill(am, am + K, 0);
-    } else if (max_pool) {
-      for (int k = 0; k < K; ++k) {  // branch-free so it vectorises; strict > keeps the first max
-        const float v = w1 * p1[k] + w2 * p2[k] + w3 * p3[k] + w4 * p4[k];
-        const bool better = v > o[k];
-        o[k] = better ? v : o[k];
-        am[k] = better ? s : am[k];
+void PoolAlignBin(bool max_pool, const float* plane, int k_count, const SampleTaps* taps,
+                  int num_samples, float* out, int32_t* win) {
+  for (int k = 0; k < k_count; k += kLanes) {
+    v8f acc = {};
+    v8i arg = {};
+    for (int s = 0; s < num_samples; ++s) {
+      const SampleTaps& t = taps[s];
+      const v8f value = t.w1 * Load(plane + t.o1 + k) + t.w2 * Load(plane + t.o2 + k) +
+                        t.w3 * Load(plane + t.o3 + k) + t.w4 * Load(plane + t.o4 + k);
+      if (s == 0) {
+        acc = value;
+      } else if (max_pool) {
+        const v8i better = value > acc;  // strict: the first maximal sample wins
+        acc = (v8f)(((v8i)value & better) | ((v8i)acc & ~better));
+        arg = (s & better) | (arg & ~better);
+      } else {
+        acc += value;
       }
-    } else {
-      for (int k = 0; k < K; ++k) o[k] += w1 * p1[k] + w2 * p2[k] + w3 * p3[k] + w4 * p4[k];
     }
-  }
-  if (!max_pool) {
-    const float count = static_cast<float>(num_samples);
-    for (int k = 0; k < K; ++k) o[k] /= count;
+    if (!max_pool) acc /= static_cast<float>(num_samples);
+    const int n = k_count - k;
+    if (n >= kLanes) {
+      Store(out + k, acc);
+    } else {
+      for (int l = 0; l < kLanes; ++l)  // conditional stores: no library call for the tail
+        if (l < n) out[k + l] = acc[l];
+    }
+    if (win) {
+      for (int l = 0; l < kLanes; ++l)
+        if (l < n) win[k + l] = arg[l];
+    }
   }
 }
 
-// Adds the gradient g[k0:k1) of one bin to a [H, W, K] plane: for max pooling each channel's
-// gradient goes to its winning sample only.
-void ScatterAlignBin(bool max_pool, float* plane, int k0, int k1, const SampleTaps* taps,
-                     int num_samples, const float* g, const int32_t* am) {
-  if (max_pool) {
-    for (int k = k0; k < k1; ++k) {
-      const SampleTaps& t = taps[am[k]];
-      const float gk = g[k];
-      plane[t.o1 + k] += t.w1 * gk;
-      plane[t.o2 + k] += t.w2 * gk;
-      plane[t.o3 + k] += t.w3 * gk;
-      plane[t.o4 + k] += t.w4 * gk;
-    }
-    return;
-  }
+// Adds the gradient g[0, k_count) of one bin (winners in win for max pooling) to a
+// [H, W, KP] plane. Every sample adds an exact zero to the lanes it did not win, so the loop
+// is whole vectors; the taps of one sample may alias (clamped at the border) and are applied
+// one after the other.
+LHRCNN_MULTIVERSION
+void ScatterAlignBin(bool max_pool, float* plane, int k_count, const SampleTaps* taps,
+                     int num_samples, const float* g, const int32_t* win) {
   const float count = static_cast<float>(num_samples);
-  for (int s = 0; s < num_samples; ++s) {
-    const SampleTaps& t = taps[s];
-    for (int k = k0; k < k1; ++k) {
-      const float gk = g[k] / count;
-      plane[t.o1 + k] += t.w1 * gk;
-      plane[t.o2 + k] += t.w2 * gk;
-      plane[t.o3 + k] += t.w3 * gk;
-      plane[t.o4 + k] += t.w4 * gk;
+  for (int k = 0; k < k_count; k += kLanes) {
+    const int n = k_count - k;
+    v8f grad = {};
+    v8i arg = {};
+    for (int l = 0; l < kLanes; ++l) {
+      if (l < n) {
+        grad[l] = g[k + l];
+        if (max_pool) arg[l] = win[k + l];
+      }
+    }
+    for (int s = 0; s < num_samples; ++s) {
+      const SampleTaps& t = taps[s];
+      const v8f gs = max_pool ? (v8f)((v8i)grad & (arg == s)) : grad / count;
+      Store(plane + t.o1 + k, Load(plane + t.o1 + k) + t.w1 * gs);
+      Store(plane + t.o2 + k, Load(plane + t.o2 + k) + t.w2 * gs);
+      Store(plane + t.o3 + k, Load(plane + t.o3 + k) + t.w3 * gs);
+      Store(plane + t.o4 + k, Load(plane + t.o4 + k) + t.w4 * gs);
     }
   }
 }
@@ -205,8 +244,9 @@ void ScatterAlignBin(bool max_pool, float* plane, int k0, int k1, const SampleTa
 }  // namespace
 
 int64_t RoiAlignCpuWorkspace(const AlignParams& p, const FeatureShape& fs) {
-  if (!p.position_sensitive || p.planes() == 1) return 0;
-  return static_cast<int64_t>(fs.batch) * fs.height * fs.width * fs.channels;
+  const int P = p.planes(), K = fs.channels / P;
+  if (P == 1 && K == PadLanes(K)) return 0;  // RoIAlign on a lane-aligned map reads it in place
+  return static_cast<int64_t>(fs.batch) * fs.height * fs.width * P * PadLanes(K);
 }
 
 int64_t PsRoiPoolCpuWorkspace(const PsPoolParams& p, const FeatureShape& fs) {
@@ -217,46 +257,46 @@ int64_t PsRoiPoolCpuWorkspace(const PsPoolParams& p, const FeatureShape& fs) {
 void RoiAlignForwardCpu(const AlignParams& p, const FeatureShape& fs, const float* features,
                         const float* rois, int num_rois, float* out, int32_t* argmax,
                         float* workspace, const ParallelFor& pf) {
-  const int P = p.planes(), K = fs.channels / P, H = fs.height, W = fs.width;
+  const int P = p.planes(), K = fs.channels / P, KP = PadLanes(K), H = fs.height, W = fs.width;
   const int PH = p.pooled_h, PW = p.pooled_w, S = p.samples();
   if (K == 0 || num_rois == 0) return;
-  const int64_t plane_size = static_cast<int64_t>(H) * W * K;
-  const int64_t bin_cost = static_cast<int64_t>(S) * (K * 10 + 20);
+  const int64_t plane_size = static_cast<int64_t>(H) * W * KP;
+  const float* planes = features;
+  if (RoiAlignCpuWorkspace(p, fs) > 0) {
+    ToPlanes(features, workspace, fs, P, KP, pf);
+    planes = workspace;
+  }
   TapTable table;
   table.Build(p, fs, rois, num_rois, pf);
+  const int64_t bin_cost = static_cast<int64_t>(S) * (KP * 2 + 30);
+  auto pool = [&](const float* plane, int64_t r, int ph, int pw, std::vector<SampleTaps>* taps) {
+    table.BinSamples(p, r, ph, pw, W, KP, taps);
+    const int64_t o = ((r * PH + ph) * PW + pw) * K;
+    PoolAlignBin(p.max_pool, plane, K, taps->data(), S, out + o, argmax ? argmax + o : nullptr);
+  };
   if (P == 1) {
-    // Channel-wise RoIAlign: each tap reads K contiguous floats of the NHWC map; shard by RoI.
+    // Channel-wise RoIAlign: every bin reads the image's single plane; shard by RoI.
     pf(num_rois, bin_cost * PH * PW, [&](int64_t begin, int64_t end) {
       std::vector<SampleTaps> taps;
       for (int64_t r = begin; r < end; ++r) {
-        const float* plane = features + static_cast<int64_t>(rois[5 * r]) * plane_size;
+        const float* plane = planes + static_cast<int64_t>(rois[5 * r]) * plane_size;
         for (int ph = 0; ph < PH; ++ph)
-          for (int pw = 0; pw < PW; ++pw) {
-            const int64_t o = ((r * PH + ph) * PW + pw) * K;
-            table.BinSamples(p, r, ph, pw, W, K, &taps);
-            PoolAlignBin(p.max_pool, plane, K, taps.data(), S, out + o, argmax ? argmax + o : nullptr);
-          }
+          for (int pw = 0; pw < PW; ++pw) pool(plane, r, ph, pw, &taps);
       }
     });
     return;
   }
   // Position-sensitive: bin (ph, pw) of every RoI reads only plane ph * PW + pw, so shard by
   // (image, plane) and keep that plane hot in cache while all RoIs of the image visit it.
-  ToPlanes(features, workspace, fs, P, pf);
   const RoisByImage by_image(rois, num_rois, fs.batch);
   const int64_t rois_per_image = std::max<int64_t>(1, num_rois / std::max(1, fs.batch));
   pf(static_cast<int64_t>(fs.batch) * P, bin_cost * rois_per_image, [&](int64_t begin, int64_t end) {
     std::vector<SampleTaps> taps;
     for (int64_t u = begin; u < end; ++u) {
       const int b = static_cast<int>(u / P), plane_index = static_cast<int>(u % P);
-      const int ph = plane_index / PW, pw = plane_index % PW;
-      const float* plane = workspace + u * plane_size;
-      for (int i = by_image.start[b]; i < by_image.start[b + 1]; ++i) {
-        const int64_t r = by_image.order[i];
-        table.BinSamples(p, r, ph, pw, W, K, &taps);
-        const int64_t o = ((r * PH + ph) * PW + pw) * K;
-        PoolAlignBin(p.max_pool, plane, K, taps.data(), S, out + o, argmax ? argmax + o : nullptr);
-      }
+      const float* plane = planes + u * plane_size;
+      for (int i = by_image.start[b]; i < by_image.start[b + 1]; ++i)
+        pool(plane, by_image.order[i], plane_index / PW, plane_index % PW, &taps);
     }
   });
 }
@@ -264,47 +304,52 @@ void RoiAlignForwardCpu(const AlignParams& p, const FeatureShape& fs, const floa
 void RoiAlignBackwardCpu(const AlignParams& p, const FeatureShape& fs, const float* rois,
                          int num_rois, const float* grad_out, const int32_t* argmax,
                          float* grad_features, float* workspace, const ParallelFor& pf) {
-  const int P = p.planes(), K = fs.channels / P, H = fs.height, W = fs.width;
+  const int P = p.planes(), K = fs.channels / P, KP = PadLanes(K), H = fs.height, W = fs.width;
   const int PH = p.pooled_h, PW = p.pooled_w, S = p.samples();
-  const int64_t plane_size = static_cast<int64_t>(H) * W * K;
   if (K == 0 || num_rois == 0 || fs.batch == 0) {
-    ZeroFill(grad_features, plane_size * fs.batch * P, pf);
+    ZeroFill(grad_features, static_cast<int64_t>(fs.batch) * H * W * fs.channels, pf);
     return;
   }
-  float* gplanes = P > 1 ? workspace : grad_features;
-  ZeroFill(gplanes, plane_size * fs.batch * P, pf);
+  const bool in_place = RoiAlignCpuWorkspace(p, fs) == 0;
+  float* gplanes = in_place ? grad_features : workspace;
+  const int64_t plane_size = static_cast<int64_t>(H) * W * KP;
   TapTable table;
   table.Build(p, fs, rois, num_rois, pf);
   const RoisByImage by_image(rois, num_rois, fs.batch);
-  // Shards own disjoint slices: one plane (position-sensitive) or a chunk of channels (RoIAlign).
-  const int chunk = P > 1 ? K : std::min(K, 32);
-  const int nchunks = (K + chunk - 1) / chunk;
+  // Shards own disjoint slices: one plane (position-sensitive) or 32 lanes of the map (RoIAlign).
+  const int chunk = P > 1 ? KP : std::min(KP, 4 * kLanes);
+  const int nchunks = (KP + chunk - 1) / chunk;
   const int64_t units = static_cast<int64_t>(fs.batch) * P * nchunks;
   const int bins_per_unit = P > 1 ? 1 : PH * PW;
-  const int64_t cost = std::max<int64_t>(1, num_rois / fs.batch) * bins_per_unit *
-                       (chunk * (p.max_pool ? 12 : 10 * S) + 20 * S);
+  const int64_t cost = std::max<int64_t>(1, num_rois / fs.batch) * bins_per_unit * S * (chunk * 3 + 30);
   pf(units, cost, [&](int64_t begin, int64_t end) {
     std::vector<SampleTaps> taps;
     for (int64_t u = begin; u < end; ++u) {
       const int64_t image_plane = u / nchunks;
       const int b = static_cast<int>(image_plane / P), plane_index = static_cast<int>(image_plane % P);
-      const int k0 = static_cast<int>(u % nchunks) * chunk, k1 = std::min(K, k0 + chunk);
-      float* plane = gplanes + image_plane * plane_size;
+      const int k0 = static_cast<int>(u % nchunks) * chunk;
+      const int lanes = std::min(K, k0 + chunk) - k0;  // real (unpadded) lanes of this chunk
+      float* plane = gplanes + image_plane * plane_size + k0;
+      // Each shard zeroes the slice it owns right before accumulating into it (in cache).
+      const int width = std::min(chunk, KP - k0);
+      for (int64_t pix = 0; pix < static_cast<int64_t>(H) * W; ++pix)
+        std::fill(plane + pix * KP, plane + pix * KP + width, 0.f);
+      if (lanes <= 0) continue;
       const int ph_begin = P > 1 ? plane_index / PW : 0, ph_end = P > 1 ? ph_begin + 1 : PH;
       const int pw_begin = P > 1 ? plane_index % PW : 0, pw_end = P > 1 ? pw_begin + 1 : PW;
       for (int i = by_image.start[b]; i < by_image.start[b + 1]; ++i) {
         const int64_t r = by_image.order[i];
         for (int ph = ph_begin; ph < ph_end; ++ph)
           for (int pw = pw_begin; pw < pw_end; ++pw) {
-            const int64_t o = ((r * PH + ph) * PW + pw) * K;
-            table.BinSamples(p, r, ph, pw, W, K, &taps);
-            ScatterAlignBin(p.max_pool, plane, k0, k1, taps.data(), S, grad_out + o,
+            const int64_t o = ((r * PH + ph) * PW + pw) * K + k0;
+            table.BinSamples(p, r, ph, pw, W, KP, &taps);
+            ScatterAlignBin(p.max_pool, plane, lanes, taps.data(), S, grad_out + o,
                             p.max_pool ? argmax + o : nullptr);
           }
       }
     }
   });
-  if (P > 1) FromPlanes(gplanes, grad_features, fs, P, pf);
+  if (!in_place) FromPlanes(gplanes, grad_features, fs, P, KP, pf);
 }
 
 void PsRoiPoolForwardCpu(const PsPoolParams& p, const FeatureShape& fs, const float* features,
@@ -314,7 +359,7 @@ void PsRoiPoolForwardCpu(const PsPoolParams& p, const FeatureShape& fs, const fl
   if (K == 0 || num_rois == 0) return;
   const float* planes = features;
   if (P > 1) {
-    ToPlanes(features, workspace, fs, P, pf);
+    ToPlanes(features, workspace, fs, P, K, pf);
     planes = workspace;
   }
   const int64_t plane_size = static_cast<int64_t>(H) * W * K;
@@ -383,7 +428,7 @@ void PsRoiPoolBackwardCpu(const PsPoolParams& p, const FeatureShape& fs, const f
       }
     }
   });
-  if (P > 1) FromPlanes(gplanes, grad_features, fs, P, pf);
+  if (P > 1) FromPlanes(gplanes, grad_features, fs, P, K, pf);
 }
 
 }  // namespace lhrcnn
