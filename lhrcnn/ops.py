@@ -41,6 +41,14 @@ def _load_library():
     return _library
 
 
+def _lib():
+    """The loaded op library (resolve_backend has checked it is available)."""
+    library = _load_library()
+    if library is None:
+        raise RuntimeError(f"the op library is unavailable: {_load_error}")
+    return library
+
+
 def library_path():
     """Path of the compiled op library."""
     return _LIBRARY_PATH
@@ -294,6 +302,7 @@ def _ps_roi_pool_twin(features, rois, group_size, spatial_scale):
 # ----------------------------------------------------------------------------- public ops
 
 
+@tf.autograph.experimental.do_not_convert
 def ps_roi_align(features, rois, group_size, spatial_scale, sampling_ratio=(2, 2), pooling="max",
                  backend=None):
     """Position-sensitive RoI-Align (the original PSAlignPool, reference §5.1).
@@ -313,13 +322,14 @@ def ps_roi_align(features, rois, group_size, spatial_scale, sampling_ratio=(2, 2
     pooling = _pooling(pooling)
     features, rois = _check_pool_inputs("ps_roi_align", features, rois, g * g)
     if resolve_backend(backend) == "custom":
-        out, _ = _library.lhrcnn_ps_roi_align(features, rois, group_size=g, sample_height=sampling[0],
+        out, _ = _lib().lhrcnn_ps_roi_align(features, rois, group_size=g, sample_height=sampling[0],
                                               sample_width=sampling[1], spatial_scale=scale, pooling=pooling)
         return out
     with tf.control_dependencies(_runtime_checks("ps_roi_align", features, rois, g * g)):
         return _align_twin(features, rois, g, g, sampling, scale, pooling, False, True)
 
 
+@tf.autograph.experimental.do_not_convert
 def roi_align(features, rois, output_size, spatial_scale, sampling_ratio=(2, 2), pooling="avg",
               aligned=False, backend=None):
     """RoIAlign (channel-wise): the sampling and interpolation of `ps_roi_align`.
@@ -339,7 +349,7 @@ def roi_align(features, rois, output_size, spatial_scale, sampling_ratio=(2, 2),
     aligned = bool(aligned)
     features, rois = _check_pool_inputs("roi_align", features, rois, 1)
     if resolve_backend(backend) == "custom":
-        out, _ = _library.lhrcnn_roi_align(features, rois, pooled_height=ph, pooled_width=pw,
+        out, _ = _lib().lhrcnn_roi_align(features, rois, pooled_height=ph, pooled_width=pw,
                                            sample_height=sampling[0], sample_width=sampling[1],
                                            spatial_scale=scale, pooling=pooling, aligned=aligned)
         return out
@@ -347,6 +357,7 @@ def roi_align(features, rois, output_size, spatial_scale, sampling_ratio=(2, 2),
         return _align_twin(features, rois, ph, pw, sampling, scale, pooling, aligned, False)
 
 
+@tf.autograph.experimental.do_not_convert
 def ps_roi_pool(features, rois, group_size, spatial_scale, backend=None):
     """Position-sensitive RoI pooling (the original PSROIPool, reference §5.3): corners rounded
     half away from zero, +1 on x2/y2, floor/ceil integer bins clipped to the map, mean;
@@ -359,11 +370,12 @@ def ps_roi_pool(features, rois, group_size, spatial_scale, backend=None):
     scale = _positive_float("spatial_scale", spatial_scale)
     features, rois = _check_pool_inputs("ps_roi_pool", features, rois, g * g)
     if resolve_backend(backend) == "custom":
-        return _library.lhrcnn_ps_roi_pool(features, rois, group_size=g, spatial_scale=scale)
+        return _lib().lhrcnn_ps_roi_pool(features, rois, group_size=g, spatial_scale=scale)
     with tf.control_dependencies(_runtime_checks("ps_roi_pool", features, rois, g * g)):
         return _ps_roi_pool_twin(features, rois, g, scale)
 
 
+@tf.autograph.experimental.do_not_convert
 def nms(boxes, scores, max_output_size, iou_threshold, score_threshold=float("-inf"), class_ids=None,
         box_offset=0.0, backend=None):
     """Greedy non-maximum suppression, optionally class-aware and batched.
@@ -411,7 +423,7 @@ def nms(boxes, scores, max_output_size, iou_threshold, score_threshold=float("-i
                              f"{boxes.shape}, got {class_ids.shape}")
     if resolve_backend(backend) == "custom":
         classes = class_ids if class_ids is not None else tf.zeros([0], tf.int32)
-        return _library.lhrcnn_nms(boxes, scores, classes, max_output_size=k, iou_threshold=iou,
+        return _lib().lhrcnn_nms(boxes, scores, classes, max_output_size=k, iou_threshold=iou,
                                    score_threshold=score_threshold, box_offset=box_offset,
                                    class_aware=class_ids is not None)
     return _nms_twin(boxes, scores, k, iou, score_threshold, class_ids, box_offset)
@@ -490,21 +502,21 @@ _PS_POOL_ATTRS = ("group_size", "spatial_scale")
 
 @tf.RegisterGradient("LhrcnnPsRoiAlign")
 def _ps_roi_align_grad(op, grad, _argmax_grad):
-    d = _library.lhrcnn_ps_roi_align_grad(op.inputs[0], op.inputs[1], op.outputs[1], grad,
+    d = _lib().lhrcnn_ps_roi_align_grad(op.inputs[0], op.inputs[1], op.outputs[1], grad,
                                           **_attrs(op, _PS_ALIGN_ATTRS))
     return d, None
 
 
 @tf.RegisterGradient("LhrcnnRoiAlign")
 def _roi_align_grad(op, grad, _argmax_grad):
-    d = _library.lhrcnn_roi_align_grad(op.inputs[0], op.inputs[1], op.outputs[1], grad,
+    d = _lib().lhrcnn_roi_align_grad(op.inputs[0], op.inputs[1], op.outputs[1], grad,
                                        **_attrs(op, _ALIGN_ATTRS))
     return d, None
 
 
 @tf.RegisterGradient("LhrcnnPsRoiPool")
 def _ps_roi_pool_grad(op, grad):
-    d = _library.lhrcnn_ps_roi_pool_grad(op.inputs[0], op.inputs[1], grad, **_attrs(op, _PS_POOL_ATTRS))
+    d = _lib().lhrcnn_ps_roi_pool_grad(op.inputs[0], op.inputs[1], grad, **_attrs(op, _PS_POOL_ATTRS))
     return d, None
 
 

@@ -116,3 +116,19 @@ def test_nms_has_no_gradient():
         y = tf.reduce_sum(tf.gather(boxes, tf.maximum(idx, 0)))
     grad = tape.gradient(y, boxes)  # flows through gather only, not through the op
     assert grad is not None
+
+
+def test_first_use_inside_tf_function_in_a_fresh_process():
+    # Regression: the library must load when the first call of an op is traced by tf.function.
+    import subprocess
+    import sys
+    code = ("import tensorflow as tf\n"
+            "from lhrcnn import ops\n"
+            "f = tf.function(lambda b, s: ops.nms(b, s, 2, 0.5, backend='custom'))\n"
+            "g = tf.function(lambda x, r: ops.ps_roi_align(x, r, 1, 1.0, backend='custom'))\n"
+            "idx, n = f(tf.constant([[0., 0, 4, 4], [0, 0, 4, 4]]), tf.constant([0.5, 0.9]))\n"
+            "out = g(tf.ones([1, 3, 3, 1]), tf.constant([[0., 0, 0, 2, 2]]))\n"
+            "print(idx.numpy().tolist(), int(n), float(out[0, 0, 0, 0]))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[1, -1] 1 1.0"

@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from lhrcnn import ops
-from lhrcnn.bench.timing import copy_bandwidth, median_seconds
+from lhrcnn.bench.timing import copy_bandwidth, interleaved_medians
 
 G, SAMPLES, SCALE = 7, 2, 1.0 / 16.0
 
@@ -66,8 +66,8 @@ def bench_ps_roi_align(repeats, bandwidth):
         "twin": lambda f, r: ops.ps_roi_align(f, r, G, SCALE, backend="tf"),
         "stock crop_and_resize": stock_ps_roi_align,
     }
-    times = {name: median_seconds(_forward_backward(fn, features, rois, grad), repeats=repeats)
-             for name, fn in impls.items()}
+    times = interleaved_medians({name: _forward_backward(fn, features, rois, grad) for name, fn in impls.items()},
+                                repeats=repeats)
     fbytes, obytes = features.shape.num_elements() * 4, grad.shape.num_elements() * 4
     floor = (2 * fbytes + 2 * obytes + rois.shape.num_elements() * 4) / bandwidth
     rows = []
@@ -96,8 +96,9 @@ def bench_nms(repeats, bandwidth):
         scores = tf.constant(rng.uniform(size=12000).astype(np.float32))
         ours = tf.function(lambda: ops.nms(boxes, scores, 2000, 0.7, backend="custom"))
         theirs = tf.function(lambda: tf.image.non_max_suppression(boxes, scores, 2000, 0.7))
-        t_ours = median_seconds(lambda: ours()[0].numpy(), repeats=repeats)
-        t_theirs = median_seconds(lambda: theirs().numpy(), repeats=repeats)
+        t = interleaved_medians({"ours": lambda: ours()[0].numpy(), "theirs": lambda: theirs().numpy()},
+                                repeats=repeats)
+        t_ours, t_theirs = t["ours"], t["theirs"]
         kept = int(ours()[1])
         floor = (12000 * 5 * 4 + 2000 * 4) / bandwidth
         rows.append(dict(case=f"nms 12000 -> 2000 @0.7, {'clustered' if clustered else 'uniform'} ({kept} kept)",
@@ -118,8 +119,9 @@ def bench_nms(repeats, bandwidth):
     theirs = tf.function(lambda: tf.image.combined_non_max_suppression(
         tb, ts, max_output_size_per_class=k, max_total_size=k, iou_threshold=0.5, score_threshold=thr,
         clip_boxes=False))
-    t_ours = median_seconds(lambda: ours()[0].numpy(), repeats=repeats)
-    t_theirs = median_seconds(lambda: theirs()[0].numpy(), repeats=repeats)
+    t = interleaved_medians({"ours": lambda: ours()[0].numpy(), "theirs": lambda: theirs()[0].numpy()},
+                            repeats=repeats)
+    t_ours, t_theirs = t["ours"], t["theirs"]
     floor = (b * n * c * 5 * 4) / bandwidth
     rows.append(dict(case=f"class-aware nms {b}x{n} boxes x {c} classes, score>{thr}, top {k}",
                      baseline="tf.image.combined_non_max_suppression", op_ms=t_ours * 1e3,

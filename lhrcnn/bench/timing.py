@@ -19,6 +19,22 @@ def median_seconds(fn, warmup=3, repeats=15, min_time=0.0):
     return statistics.median(times)
 
 
+def interleaved_medians(fns, warmup=5, repeats=15):
+    """Median wall time of each fn in `fns` (name -> callable), timed round-robin so that every
+    implementation sees the same machine state: on a noisy machine the ratios stay meaningful
+    even when the absolute times drift."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
 def copy_bandwidth(num_bytes=256 << 20, repeats=7):
     """Bytes per second of a large array copy, counting the read and the write."""
     src = np.ones(num_bytes // 4, np.float32)

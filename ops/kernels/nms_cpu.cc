@@ -80,24 +80,51 @@ int NmsCpu(const NmsParams& p, const float* boxes, const float* scores, const in
   order.reserve(n);
   for (int i = 0; i < n; ++i)
     if (scores[i] > p.score_threshold) order.push_back(i);
-  std::sort(order.begin(), order.end(), [scores](int32_t a, int32_t b) {
-    return scores[a] > scores[b] || (scores[a] == scores[b] && a < b);
-  });
+  if (order.empty()) return 0;
+  // Kept boxes per class: a flat table over the classes' range when it is small, else a map.
   KeptBoxes all_classes;
-  std::unordered_map<int32_t, KeptBoxes> by_class;
-  int kept = 0;
-  for (const int32_t i : order) {
-    const NmsBox b = MakeNmsBox(boxes + 4 * static_cast<int64_t>(i), p.box_offset);
-    KeptBoxes& list = class_ids ? by_class[class_ids[i]] : all_classes;
-    if (b.area > 0.f) {
-      if (AnyOverlapAbove(list.x1.data(), list.y1.data(), list.x2.data(), list.y2.data(),
-                          list.area.data(), static_cast<int>(list.area.size()), b.x1, b.y1,
-                          b.x2, b.y2, b.area, p.iou_threshold))
-        continue;
-      list.Add(b);
+  std::vector<KeptBoxes> table;
+  std::unordered_map<int32_t, KeptBoxes> map;
+  int32_t min_class = 0;
+  if (class_ids) {
+    int32_t max_class = class_ids[order[0]];
+    min_class = max_class;
+    for (const int32_t i : order) {
+      min_class = std::min(min_class, class_ids[i]);
+      max_class = std::max(max_class, class_ids[i]);
     }
-    out_indices[kept++] = i;
-    if (kept == p.max_output) break;
+    if (static_cast<int64_t>(max_class) - min_class < 4096) table.resize(max_class - min_class + 1);
+  }
+  auto kept_of = [&](int32_t i) -> KeptBoxes& {
+    if (!class_ids) return all_classes;
+    return table.empty() ? map[class_ids[i]] : table[class_ids[i] - min_class];
+  };
+  // Visit in (score desc, index asc) order, sorting only as far as needed: chunks of growing
+  // size are partially sorted out of the remaining candidates until max_output boxes are kept.
+  const auto before = [scores](int32_t a, int32_t b) {
+    return scores[a] > scores[b] || (scores[a] == scores[b] && a < b);
+  };
+  int kept = 0;
+  size_t done = 0, chunk = std::max<size_t>(256, 4 * static_cast<size_t>(p.max_output));
+  while (done < order.size()) {
+    const size_t stop = std::min(order.size(), done + chunk);
+    std::partial_sort(order.begin() + done, order.begin() + stop, order.end(), before);
+    for (size_t j = done; j < stop; ++j) {
+      const int32_t i = order[j];
+      const NmsBox b = MakeNmsBox(boxes + 4 * static_cast<int64_t>(i), p.box_offset);
+      KeptBoxes& list = kept_of(i);
+      if (b.area > 0.f) {
+        if (AnyOverlapAbove(list.x1.data(), list.y1.data(), list.x2.data(), list.y2.data(),
+                            list.area.data(), static_cast<int>(list.area.size()), b.x1, b.y1,
+                            b.x2, b.y2, b.area, p.iou_threshold))
+          continue;
+        list.Add(b);
+      }
+      out_indices[kept++] = i;
+      if (kept == p.max_output) return kept;
+    }
+    done = stop;
+    chunk *= 2;
   }
   return kept;
 }

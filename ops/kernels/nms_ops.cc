@@ -101,20 +101,25 @@ class NmsOp : public OpKernel {
       OP_REQUIRES(ctx, e == 0, errors::Internal("LhrcnnNms: CUDA error: ", CudaErrorString(e)));
 #endif
     } else {
-      int code = 0;
-      const int64_t bad = FirstInvalidNmsInputCpu(box_data, score_data, batch * n, &code);
-      if (bad >= 0) {
-        float row[5] = {box_data[4 * bad], box_data[4 * bad + 1], box_data[4 * bad + 2],
-                        box_data[4 * bad + 3], score_data[bad]};
-        OP_REQUIRES_OK(ctx, NmsError(bad, code, row, n, batched));
-      }
+      // Each image is validated by the shard that processes it; the first bad image reports.
+      std::vector<int64_t> bad(batch, -1);
+      std::vector<int> codes(batch, 0);
       tfglue::CpuParallelFor(ctx)(batch, 200 * n, [&](int64_t begin, int64_t end) {
         for (int64_t b = begin; b < end; ++b) {
+          bad[b] = FirstInvalidNmsInputCpu(box_data + 4 * b * n, score_data + b * n, n, &codes[b]);
+          if (bad[b] >= 0) continue;
           count[b] = NmsCpu(p_, box_data + 4 * b * n, score_data + b * n,
                             class_data ? class_data + b * n : nullptr, static_cast<int>(n),
                             out + b * p_.max_output);
         }
       });
+      for (int64_t b = 0; b < batch; ++b) {
+        if (bad[b] < 0) continue;
+        const int64_t i = b * n + bad[b];
+        float row[5] = {box_data[4 * i], box_data[4 * i + 1], box_data[4 * i + 2], box_data[4 * i + 3],
+                        score_data[i]};
+        OP_REQUIRES_OK(ctx, NmsError(i, codes[b], row, n, batched));
+      }
     }
   }
 

@@ -89,15 +89,16 @@ void ZeroFill(float* dst, int64_t n, const ParallelFor& pf) {
   });
 }
 
-// The RoI-Align family works on vectors of 8 floats: a bin's K channels are padded to
-// KP = round_up(K, 8) in the plane-major copy, so every sample is a few whole-vector
-// multiply-adds (no scalar tails, no alias checks). GCC vector extensions compile to AVX2 in
-// the multiversioned clones and to SSE pairs in the default ones.
+// The RoI-Align family works on vectors: a bin's K channels are padded to KP = round_up(K, 4)
+// in the plane-major copy and processed as groups of 8 lanes plus, when 4 remain, one group of
+// 4, so every sample is a few whole-vector multiply-adds (no scalar tails, no alias checks).
+// GCC vector extensions compile to AVX2 in the multiversioned clones and to SSE elsewhere.
 typedef float v8f __attribute__((vector_size(32)));
 typedef int32_t v8i __attribute__((vector_size(32)));
-constexpr int kLanes = 8;
+typedef float v4f __attribute__((vector_size(16)));
+typedef int32_t v4i __attribute__((vector_size(16)));
 
-inline int PadLanes(int k) { return (k + kLanes - 1) / kLanes * kLanes; }
+inline int PadLanes(int k) { return (k + 3) / 4 * 4; }
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define LHRCNN_MULTIVERSION __attribute__((target_clones("avx2", "default")))
@@ -105,10 +106,16 @@ inline int PadLanes(int k) { return (k + kLanes - 1) / kLanes * kLanes; }
 #define LHRCNN_MULTIVERSION
 #endif
 
-typedef float v8fu __attribute__((vector_size(32), aligned(4), may_alias));
-
-__attribute__((always_inline)) inline v8f Load(const float* p) { return *reinterpret_cast<const v8fu*>(p); }
-__attribute__((always_inline)) inline void Store(float* p, v8f v) { *reinterpret_cast<v8fu*>(p) = v; }
+template <typename V>
+__attribute__((always_inline)) inline V Load(const float* p) {
+  typedef float U __attribute__((vector_size(sizeof(V)), aligned(4), may_alias));
+  return (V)(*reinterpret_cast<const U*>(p));
+}
+template <typename V>
+__attribute__((always_inline)) inline void Store(float* p, V v) {
+  typedef float U __attribute__((vector_size(sizeof(V)), aligned(4), may_alias));
+  *reinterpret_cast<U*>(p) = (U)v;
+}
 
 // The four taps of one sample inside a [H, W, KP] plane: float offsets of their vectors.
 struct SampleTaps {
@@ -175,40 +182,74 @@ struct RoisByImage {
   }
 };
 
-// Pools lanes [0, k_count) of one bin from a [H, W, KP] plane (KP = round_up(k_count, 8))
-// into out[k_count] and, for max pooling, the first maximal sample's index into win[k_count].
+// One lane group (8 or 4 lanes at offset k) of PoolAlignBin; `n` lanes are real.
+template <typename VF, typename VI>
+__attribute__((always_inline)) inline void PoolLanes(bool max_pool, const float* plane, int k, int n,
+                                                     const SampleTaps* taps, int num_samples,
+                                                     float* out, int32_t* win) {
+  constexpr int L = sizeof(VF) / sizeof(float);
+  VF acc = {};
+  VI arg = {};
+  for (int s = 0; s < num_samples; ++s) {
+    const SampleTaps& t = taps[s];
+    const VF value = t.w1 * Load<VF>(plane + t.o1 + k) + t.w2 * Load<VF>(plane + t.o2 + k) +
+                     t.w3 * Load<VF>(plane + t.o3 + k) + t.w4 * Load<VF>(plane + t.o4 + k);
+    if (s == 0) {
+      acc = value;
+    } else if (max_pool) {
+      const VI better = value > acc;  // strict: the first maximal sample wins
+      acc = (VF)(((VI)value & better) | ((VI)acc & ~better));
+      arg = (s & better) | (arg & ~better);
+    } else {
+      acc += value;
+    }
+  }
+  if (!max_pool) acc /= static_cast<float>(num_samples);
+  if (n >= L) {
+    Store<VF>(out + k, acc);
+  } else {
+    for (int l = 0; l < L; ++l)  // conditional stores: no library call for the tail
+      if (l < n) out[k + l] = acc[l];
+  }
+  if (win) {
+    for (int l = 0; l < L; ++l)
+      if (l < n) win[k + l] = arg[l];
+  }
+}
+
+// Pools lanes [0, k_count) of one bin from a [H, W, KP] plane (KP = PadLanes(k_count)) into
+// out[k_count] and, for max pooling, the first maximal sample's index into win[k_count].
 LHRCNN_MULTIVERSION
 void PoolAlignBin(bool max_pool, const float* plane, int k_count, const SampleTaps* taps,
                   int num_samples, float* out, int32_t* win) {
-  for (int k = 0; k < k_count; k += kLanes) {
-    v8f acc = {};
-    v8i arg = {};
-    for (int s = 0; s < num_samples; ++s) {
-      const SampleTaps& t = taps[s];
-      const v8f value = t.w1 * Load(plane + t.o1 + k) + t.w2 * Load(plane + t.o2 + k) +
-                        t.w3 * Load(plane + t.o3 + k) + t.w4 * Load(plane + t.o4 + k);
-      if (s == 0) {
-        acc = value;
-      } else if (max_pool) {
-        const v8i better = value > acc;  // strict: the first maximal sample wins
-        acc = (v8f)(((v8i)value & better) | ((v8i)acc & ~better));
-        arg = (s & better) | (arg & ~better);
-      } else {
-        acc += value;
-      }
+  const int kp = PadLanes(k_count);
+  int k = 0;
+  for (; kp - k >= 8; k += 8) PoolLanes<v8f, v8i>(max_pool, plane, k, k_count - k, taps, num_samples, out, win);
+  if (k < kp) PoolLanes<v4f, v4i>(max_pool, plane, k, k_count - k, taps, num_samples, out, win);
+}
+
+// One lane group of ScatterAlignBin.
+template <typename VF, typename VI>
+__attribute__((always_inline)) inline void ScatterLanes(bool max_pool, float* plane, int k, int n,
+                                                        const SampleTaps* taps, int num_samples,
+                                                        const float* g, const int32_t* win) {
+  constexpr int L = sizeof(VF) / sizeof(float);
+  VF grad = {};
+  VI arg = {};
+  for (int l = 0; l < L; ++l) {
+    if (l < n) {
+      grad[l] = g[k + l];
+      if (max_pool) arg[l] = win[k + l];
     }
-    if (!max_pool) acc /= static_cast<float>(num_samples);
-    const int n = k_count - k;
-    if (n >= kLanes) {
-      Store(out + k, acc);
-    } else {
-      for (int l = 0; l < kLanes; ++l)  // conditional stores: no library call for the tail
-        if (l < n) out[k + l] = acc[l];
-    }
-    if (win) {
-      for (int l = 0; l < kLanes; ++l)
-        if (l < n) win[k + l] = arg[l];
-    }
+  }
+  const float count = static_cast<float>(num_samples);
+  for (int s = 0; s < num_samples; ++s) {
+    const SampleTaps& t = taps[s];
+    const VF gs = max_pool ? (VF)((VI)grad & (arg == s)) : grad / count;
+    Store<VF>(plane + t.o1 + k, Load<VF>(plane + t.o1 + k) + t.w1 * gs);
+    Store<VF>(plane + t.o2 + k, Load<VF>(plane + t.o2 + k) + t.w2 * gs);
+    Store<VF>(plane + t.o3 + k, Load<VF>(plane + t.o3 + k) + t.w3 * gs);
+    Store<VF>(plane + t.o4 + k, Load<VF>(plane + t.o4 + k) + t.w4 * gs);
   }
 }
 
@@ -219,26 +260,10 @@ void PoolAlignBin(bool max_pool, const float* plane, int k_count, const SampleTa
 LHRCNN_MULTIVERSION
 void ScatterAlignBin(bool max_pool, float* plane, int k_count, const SampleTaps* taps,
                      int num_samples, const float* g, const int32_t* win) {
-  const float count = static_cast<float>(num_samples);
-  for (int k = 0; k < k_count; k += kLanes) {
-    const int n = k_count - k;
-    v8f grad = {};
-    v8i arg = {};
-    for (int l = 0; l < kLanes; ++l) {
-      if (l < n) {
-        grad[l] = g[k + l];
-        if (max_pool) arg[l] = win[k + l];
-      }
-    }
-    for (int s = 0; s < num_samples; ++s) {
-      const SampleTaps& t = taps[s];
-      const v8f gs = max_pool ? (v8f)((v8i)grad & (arg == s)) : grad / count;
-      Store(plane + t.o1 + k, Load(plane + t.o1 + k) + t.w1 * gs);
-      Store(plane + t.o2 + k, Load(plane + t.o2 + k) + t.w2 * gs);
-      Store(plane + t.o3 + k, Load(plane + t.o3 + k) + t.w3 * gs);
-      Store(plane + t.o4 + k, Load(plane + t.o4 + k) + t.w4 * gs);
-    }
-  }
+  const int kp = PadLanes(k_count);
+  int k = 0;
+  for (; kp - k >= 8; k += 8) ScatterLanes<v8f, v8i>(max_pool, plane, k, k_count - k, taps, num_samples, g, win);
+  if (k < kp) ScatterLanes<v4f, v4i>(max_pool, plane, k, k_count - k, taps, num_samples, g, win);
 }
 
 }  // namespace
@@ -317,7 +342,7 @@ void RoiAlignBackwardCpu(const AlignParams& p, const FeatureShape& fs, const flo
   table.Build(p, fs, rois, num_rois, pf);
   const RoisByImage by_image(rois, num_rois, fs.batch);
   // Shards own disjoint slices: one plane (position-sensitive) or 32 lanes of the map (RoIAlign).
-  const int chunk = P > 1 ? KP : std::min(KP, 4 * kLanes);
+  const int chunk = P > 1 ? KP : std::min(KP, 32);
   const int nchunks = (KP + chunk - 1) / chunk;
   const int64_t units = static_cast<int64_t>(fs.batch) * P * nchunks;
   const int bins_per_unit = P > 1 ? 1 : PH * PW;
