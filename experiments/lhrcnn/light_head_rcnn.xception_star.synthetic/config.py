@@ -1,0 +1,44 @@
+"""The default experiment of the main job: Light-Head R-CNN with the paper's Xception* backbone
+(Table 7), trained from scratch on the embedded synthetic dataset (data/synthetic/, made by
+scripts/make_synthetic_dataset.py). BN is trained here (no ImageNet statistics to freeze)."""
+from lhrcnn.config import Config
+
+SYNTHETIC_CLASS_NAMES = ("background", "circle", "square", "triangle", "ring", "frame", "cross")
+
+
+class ExperimentConfig(Config):
+    class_names = SYNTHETIC_CLASS_NAMES
+    train_annotations = "data/synthetic/train/annotations.json"
+    train_images = "data/synthetic/train/images"
+    eval_annotations = "data/synthetic/val/annotations.json"
+    eval_images = "data/synthetic/val/images"
+    image_short_size = 320
+    image_max_size = 512
+    eval_image_short_size = 320
+    eval_image_max_size = 512
+
+    backbone = "xception_star"
+    backbone_options = {"freeze_bn": False, "freeze_stem": False}
+    rpn_feature = "C4"   # block2 output, 288 channels (stride 16)
+    head_feature = "C5"  # block3 output, 576 channels (stride 16)
+    rpn_channels = 256
+    large_separable_mid_channels = 64
+
+    anchor_scales = (1, 2, 4, 8, 16)  # 16..256 px: the synthetic objects are 12 px to half an image
+    box_offset = 0.0
+    train_rpn_pre_nms_top_n = 2000
+    train_rpn_post_nms_top_n = 300
+    test_rpn_pre_nms_top_n = 1000
+    test_rpn_post_nms_top_n = 100
+    ohem_top_k = 128
+    rcnn_box_loss_weight = 1.0
+    test_nms = 0.5
+    test_score_threshold = 0.01
+
+    train_batch_per_gpu = 2
+    basic_lr = 0.01
+    weight_decay = 4e-5
+    nr_image_per_epoch = 2000
+    max_epoch = 12
+    warmup_iters = 200
+    lr_stages = ((8, 1.0), (11, 0.1), (12, 0.01))

@@ -1,0 +1,213 @@
+"""The base experiment configuration. An experiment's `config.py` subclasses `Config` and sets
+only what differs; a field the base does not define (a misspelling, a removed option) is an
+error naming it. Defaults are the original's ps_roialign experiment (shared/reference
+light_head_rcnn_original.md §2), so ported experiments stay short.
+"""
+import difflib
+import getpass
+import importlib.util
+import inspect
+import os
+import sys
+
+COCO_CLASS_NAMES = (
+    "background", "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse",
+    "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie",
+    "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove",
+    "skateboard", "surfboard", "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon",
+    "bowl", "banana", "apple", "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut",
+    "cake", "chair", "couch", "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse",
+    "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book",
+    "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush")
+
+
+class Config:
+    """Experiment configuration: class attributes are the fields; subclasses override them.
+
+    `Config(**overrides)` (or a subclass) checks every field against the base: unknown names
+    raise ValueError with the closest known field.
+    """
+
+    # --- bookkeeping
+    experiment_name = None          # defaults to the experiment folder's name
+    user = None                     # defaults to the experiment folder's parent (the original: the unix user)
+    output_root = "output"          # outputs go to <output_root>/<user>/<experiment_name>/
+    seed = 3
+
+    # --- data
+    class_names = COCO_CLASS_NAMES  # index 0 = background
+    train_annotations = "data/MSCOCO/instances_trainval35k2014.json"
+    train_images = "data/MSCOCO/trainval2014"
+    eval_annotations = "data/MSCOCO/instances_minival2014.json"
+    eval_images = "data/MSCOCO/val2014"
+    image_mean = (102.9801, 115.9465, 122.7717)  # BGR order, subtracted; no std scaling
+    image_short_size = 800
+    image_max_size = 1333
+    eval_image_short_size = 800
+    eval_image_max_size = 1333
+    size_divisor = 32               # padded image sizes are multiples of this
+    max_boxes_of_image = 100
+    filter_gt_ignore_label = True   # drop crowd / ignored GT
+
+    # --- backbone
+    backbone = "resnet_v1_101"
+    backbone_options = {"freeze_bn": True, "freeze_stem": True}
+    rpn_feature = "C4"              # feature the RPN sits on
+    head_feature = "C5"             # feature the thin map (or R-FCN head) sits on
+    feature_stride = 16
+
+    # --- anchors and box coding
+    anchor_base_size = 16
+    anchor_scales = (2, 4, 8, 16, 32)
+    anchor_ratios = (0.5, 1.0, 2.0)
+    box_offset = 1.0                # the original's +1 width convention (0.0 for the modern one)
+
+    # --- RPN
+    rpn_channels = 512
+    rpn_box_sigma = 3.0
+    rpn_positive_overlap = 0.7
+    rpn_negative_overlap = 0.3
+    rpn_batch_size = 256
+    rpn_fg_fraction = 0.5
+    rpn_allowed_border = 0
+    rpn_nms_threshold = 0.7
+    train_rpn_pre_nms_top_n = 12000
+    train_rpn_post_nms_top_n = 2000
+    test_rpn_pre_nms_top_n = 6000
+    test_rpn_post_nms_top_n = 1000
+
+    # --- R-CNN head
+    head = "light_head"             # "light_head" or "rfcn"
+    roi_pooling = "ps_roi_align"    # "ps_roi_align" (max, 2x2) or "ps_roi_pool"
+    ps_group_size = 7
+    ps_sampling_ratio = (2, 2)
+    large_separable_kernel = 15
+    large_separable_mid_channels = 256
+    large_separable_out_channels = 490  # = ps_group_size² × 10
+    rcnn_fc_channels = 2048
+    rfcn_channels = 1024            # R-FCN's conv_new_1
+    class_specific_regression = True
+    bbox_means = (0.0, 0.0, 0.0, 0.0)
+    bbox_stds = (0.1, 0.1, 0.2, 0.2)
+    roi_batch_size_per_image = -1   # -1: every proposal + GT (the original), else sampled
+    roi_fg_fraction = 0.25
+    roi_fg_threshold = 0.5
+    roi_bg_threshold_high = 0.5
+    roi_bg_threshold_low = 0.0
+    roi_append_gt = True
+    ohem_top_k = 512                # per replica (the original's per-GPU 256 x 2); 0 disables OHEM
+    rcnn_box_loss_weight = 2.0
+    gradient_multipliers = {"conv_new": 3.0}  # variable-name substring -> gradient scale
+
+    # --- test
+    test_nms = 0.5
+    test_score_threshold = 0.0
+    test_max_detections = 100
+
+    # --- training
+    train_batch_per_gpu = 2
+    basic_lr = 5e-4 * 2 * 1.25      # per replica; lr = basic_lr x replicas
+    momentum = 0.9
+    weight_decay = 1e-4
+    nr_image_per_epoch = 80000
+    max_epoch = 30
+    warmup_iters = 500
+    warmup_factor = 1.0 / 3.0
+    lr_stages = ((19, 1.0), (25, 0.1), (30, 0.01))  # (end epoch, lr factor)
+    ema_decay = 0.0                 # > 0 keeps an exponential moving average of the weights
+    ops_backend = None              # None | "custom" | "tf" for the custom ops
+
+    def __init__(self, **overrides):
+        known = self.known_fields()
+        for cls in type(self).__mro__:
+            if cls is Config or cls is object:
+                continue
+            for name in vars(cls):
+                if name.startswith("_") or inspect.isroutine(vars(cls)[name]) or isinstance(vars(cls)[name], (property, classmethod, staticmethod)):
+                    continue
+                if name not in known:
+                    raise ValueError(self._unknown_message(name, f"{cls.__module__}.{cls.__qualname__}"))
+        for name, value in overrides.items():
+            if name not in known:
+                raise ValueError(self._unknown_message(name, "overrides"))
+            setattr(self, name, value)
+        self.validate()
+
+    @classmethod
+    def known_fields(cls):
+        return {name for name, value in vars(Config).items()
+                if not name.startswith("_") and not inspect.isroutine(value)
+                and not isinstance(value, (property, classmethod, staticmethod))}
+
+    @classmethod
+    def _unknown_message(cls, name, where):
+        close = difflib.get_close_matches(name, sorted(cls.known_fields()), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"unknown config field {name!r} in {where}{hint}"
+
+    @property
+    def num_classes(self):
+        """Classes including the background (index 0)."""
+        return len(self.class_names)
+
+    @property
+    def num_anchors(self):
+        return len(self.anchor_scales) * len(self.anchor_ratios)
+
+    def validate(self):
+        """Checks values whose mistakes would otherwise surface deep inside the graph."""
+        def need(cond, msg):
+            if not cond:
+                raise ValueError(f"config: {msg}")
+        need(self.head in ("light_head", "rfcn"), f"head must be 'light_head' or 'rfcn', got {self.head!r}")
+        need(self.roi_pooling in ("ps_roi_align", "ps_roi_pool"),
+             f"roi_pooling must be 'ps_roi_align' or 'ps_roi_pool', got {self.roi_pooling!r}")
+        need(len(self.class_names) >= 2, "class_names needs the background and at least one class")
+        need(self.large_separable_out_channels % (self.ps_group_size ** 2) == 0,
+             f"large_separable_out_channels ({self.large_separable_out_channels}) must be divisible by "
+             f"ps_group_size² ({self.ps_group_size ** 2})")
+        need(self.ops_backend in (None, "custom", "tf"), f"ops_backend must be None, 'custom' or 'tf'")
+        need(self.train_batch_per_gpu >= 1, "train_batch_per_gpu must be >= 1")
+        need(self.box_offset in (0.0, 1.0), "box_offset must be 0.0 or 1.0")
+
+    def output_dir(self, experiment_dir=None):
+        experiment_dir = experiment_dir or getattr(self, "experiment_dir", None) or "."
+        name = self.experiment_name or os.path.basename(os.path.abspath(experiment_dir))
+        user = self.user or os.path.basename(os.path.dirname(os.path.abspath(experiment_dir))) or getpass.getuser()
+        return os.path.join(self.output_root, user, name)
+
+
+def _import_file(path, module_name):
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} does not exist")
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _module_name(experiment_dir, file):
+    key = os.path.abspath(experiment_dir).replace(os.sep, "_").replace(".", "_").replace("-", "_")
+    return f"lhrcnn_experiment{key}_{file}"
+
+
+def load_config(experiment_dir, **overrides):
+    """The experiment's Config instance from `<experiment_dir>/config.py`."""
+    if not os.path.isdir(experiment_dir):
+        raise FileNotFoundError(f"experiment directory {experiment_dir} does not exist")
+    module = _import_file(os.path.join(experiment_dir, "config.py"), _module_name(experiment_dir, "config"))
+    classes = [v for v in vars(module).values()
+               if inspect.isclass(v) and issubclass(v, Config) and v.__module__ == module.__name__]
+    if len(classes) != 1:
+        raise ValueError(f"{experiment_dir}/config.py must define exactly one Config subclass, found "
+                         f"{[c.__name__ for c in classes]}")
+    config = classes[0](**overrides)
+    config.experiment_dir = os.path.abspath(experiment_dir)
+    return config
+
+
+def load_network_module(experiment_dir):
+    """The experiment's `network_desp` module (it defines `build_network(config)`)."""
+    return _import_file(os.path.join(experiment_dir, "network_desp.py"), _module_name(experiment_dir, "network_desp"))

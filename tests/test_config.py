@@ -1,0 +1,66 @@
+"""The experiment Config: defaults from the original, unknown fields are errors, experiments load."""
+import os
+
+import pytest
+
+from lhrcnn.config import Config, load_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPERIMENTS = [
+    "experiments/lizeming/light_head_rcnn.ori_res101.coco.ps_roialign",
+    "experiments/lizeming/light_head_rcnn.ori_res101.coco",
+    "experiments/lizeming/rfcn_reproduce.ori_res101.coco.baseline",
+    "experiments/lhrcnn/light_head_rcnn.xception_star.synthetic",
+]
+
+
+def test_defaults_are_the_originals_values():
+    c = Config()
+    assert c.num_classes == 81 and c.num_anchors == 15
+    assert c.anchor_scales == (2, 4, 8, 16, 32) and c.anchor_ratios == (0.5, 1.0, 2.0)
+    assert (c.train_rpn_pre_nms_top_n, c.train_rpn_post_nms_top_n) == (12000, 2000)
+    assert (c.test_rpn_pre_nms_top_n, c.test_rpn_post_nms_top_n) == (6000, 1000)
+    assert c.bbox_stds == (0.1, 0.1, 0.2, 0.2) and c.ohem_top_k == 512 and c.rcnn_box_loss_weight == 2.0
+    assert c.basic_lr == pytest.approx(1.25e-3) and c.lr_stages == ((19, 1.0), (25, 0.1), (30, 0.01))
+
+
+def test_misspelled_field_in_a_subclass_names_it():
+    class Bad(Config):
+        test_nsm = 0.3
+
+    with pytest.raises(ValueError, match=r"'test_nsm'.*did you mean 'test_nms'"):
+        Bad()
+
+
+def test_unknown_override_names_it():
+    with pytest.raises(ValueError, match="'anchor_scale'.*'anchor_scales'"):
+        Config(anchor_scale=(1, 2))
+    assert Config(test_nms=0.3).test_nms == 0.3
+
+
+def test_bad_values_are_rejected():
+    with pytest.raises(ValueError, match="head"):
+        Config(head="fpn")
+    with pytest.raises(ValueError, match="divisible"):
+        Config(large_separable_out_channels=500)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_experiments_load(experiment):
+    config = load_config(os.path.join(ROOT, experiment))
+    assert config.num_classes >= 2
+    assert config.output_dir().endswith(os.path.join(*experiment.split("/")[1:]))
+
+
+def test_experiment_specific_values():
+    ps = load_config(os.path.join(ROOT, EXPERIMENTS[0]))
+    pool = load_config(os.path.join(ROOT, EXPERIMENTS[1]))
+    rfcn = load_config(os.path.join(ROOT, EXPERIMENTS[2]))
+    assert (ps.roi_pooling, ps.test_nms) == ("ps_roi_align", 0.5)
+    assert (pool.roi_pooling, pool.test_nms) == ("ps_roi_pool", 0.3)
+    assert (rfcn.head, rfcn.test_nms) == ("rfcn", 0.3)
+
+
+def test_missing_experiment_dir():
+    with pytest.raises(FileNotFoundError, match="no/such/dir"):
+        load_config("no/such/dir")
