@@ -1,0 +1,102 @@
+"""Detection losses of the original (reference §6.6): smooth L1, the RPN losses and the R-CNN
+losses with online hard example mining (`sum_ohem_loss`), plus plain R-CNN losses for sampled RoIs.
+
+All take fixed-shape inputs with validity masks (XLA-clean) and compute in float32.
+"""
+import tensorflow as tf
+
+
+def smooth_l1(x, sigma=1.0):
+    """Elementwise 0.5·σ²·x² where |x| < 1/σ², else |x| - 0.5/σ² (same shape and dtype as x)."""
+    x = tf.convert_to_tensor(x)
+    s2 = float(sigma) ** 2
+    ax = tf.abs(x)
+    return tf.where(ax < 1.0 / s2, 0.5 * s2 * tf.square(x), ax - 0.5 / s2)
+
+
+def _softmax_ce(logits, labels):
+    """Per-row softmax cross entropy; labels < 0 are treated as class 0 (mask them)."""
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.maximum(labels, 0), logits=logits)
+
+
+def rpn_losses(objectness_logits, box_deltas, labels, box_targets, sigma=3.0):
+    """RPN classification and box losses over the anchors of all images of the batch.
+
+    cls = mean softmax CE over anchors with label != -1 (each anchor's pair of logits: bg, fg);
+    box = Σ over positive anchors of Σ_coords smooth_l1(delta - target, sigma) divided by
+    max(1, #anchors with label != -1). With no labelled anchor both are 0 (the original: NaN).
+
+    Args:
+      objectness_logits: [B, H, W, 2A] or [B, N, 2] float. box_deltas: [B, H, W, 4A] or [B, N, 4].
+      labels: [B, N] int32 in {1, 0, -1} (`anchor_targets`). box_targets: [B, N, 4] float32.
+    Returns:
+      (cls_loss, box_loss) float32 scalars.
+    """
+    logits = tf.reshape(tf.cast(objectness_logits, tf.float32), [-1, 2])
+    deltas = tf.reshape(tf.cast(box_deltas, tf.float32), [-1, 4])
+    labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
+    targets = tf.reshape(tf.cast(box_targets, tf.float32), [-1, 4])
+    labelled = tf.cast(labels >= 0, tf.float32)
+    count = tf.maximum(tf.reduce_sum(labelled), 1.0)
+    cls_loss = tf.reduce_sum(_softmax_ce(logits, labels) * labelled) / count
+    positive = tf.cast(labels > 0, tf.float32)
+    box_loss = tf.reduce_sum(tf.reduce_sum(smooth_l1(deltas - targets, sigma), axis=1) * positive) / count
+    return cls_loss, box_loss
+
+
+def _per_roi_losses(class_logits, box_deltas, labels, box_targets, valid, sigma, class_specific):
+    """Per-RoI CE [R] and box loss [R] (Σ smooth L1 over the label's 4 columns, fg only)."""
+    class_logits = tf.cast(class_logits, tf.float32)
+    deltas = tf.cast(box_deltas, tf.float32)
+    targets = tf.cast(box_targets, tf.float32)
+    labels = tf.cast(labels, tf.int32)
+    valid = tf.cast(valid, tf.bool) & (labels >= 0)
+    ce = tf.where(valid, _softmax_ce(class_logits, labels), 0.0)
+    if class_specific:
+        column = tf.maximum(labels, 0)
+        deltas = tf.gather(tf.reshape(deltas, [tf.shape(deltas)[0], -1, 4]), column, batch_dims=1)
+        targets = tf.gather(tf.reshape(targets, [tf.shape(targets)[0], -1, 4]), column, batch_dims=1)
+    box = tf.reduce_sum(smooth_l1(deltas - targets, sigma), axis=1)
+    box = tf.where(valid & (labels > 0), box, 0.0)
+    return ce, box, valid
+
+
+def ohem_rcnn_losses(class_logits, box_deltas, labels, box_targets, valid, top_k=512, box_loss_weight=2.0,
+                     sigma=1.0, class_specific=True):
+    """R-CNN losses with OHEM, the original's `sum_ohem_loss`.
+
+    Per valid RoI: ce = softmax CE; box = Σ over the 4 coords of the label's columns of
+    smooth_l1(delta - target, sigma) for foreground RoIs (0 for background). The k =
+    min(top_k, #valid) RoIs with the largest ce + box (over the whole batch) are selected;
+    cls = Σ ce[selected] / k, box = box_loss_weight · Σ box[selected] / k (0 when k = 0).
+    Gradient flows only through the selected RoIs.
+
+    Args:
+      class_logits: [R, C] float. box_deltas: [R, 4·C] (class_specific) or [R, 4].
+      labels: [R] int32 (-1 = ignore). box_targets: the shape of box_deltas. valid: [R] bool.
+    Returns:
+      (cls_loss, box_loss) float32 scalars.
+    """
+    ce, box, valid = _per_roi_losses(class_logits, box_deltas, labels, box_targets, valid, sigma,
+                                     class_specific)
+    combined = tf.where(valid, ce + box, float("-inf"))
+    rows = combined.shape[0] if combined.shape[0] is not None else tf.shape(combined)[0]
+    k_max = min(int(top_k), rows) if isinstance(rows, int) else tf.minimum(int(top_k), rows)
+    _, index = tf.math.top_k(tf.stop_gradient(combined), k=k_max, sorted=True)
+    k = tf.minimum(int(top_k), tf.reduce_sum(tf.cast(valid, tf.int32)))
+    chosen = tf.cast(tf.range(tf.shape(index)[0]) < k, tf.float32)
+    denominator = tf.maximum(tf.cast(k, tf.float32), 1.0)
+    cls_loss = tf.reduce_sum(tf.gather(ce, index) * chosen) / denominator
+    box_loss = box_loss_weight * tf.reduce_sum(tf.gather(box, index) * chosen) / denominator
+    return cls_loss, box_loss
+
+
+def rcnn_losses(class_logits, box_deltas, labels, box_targets, valid, box_loss_weight=1.0, sigma=1.0,
+                class_specific=True):
+    """R-CNN losses over sampled RoIs: cls = mean CE over valid RoIs; box = box_loss_weight ·
+    Σ over foreground RoIs of the label's smooth L1 / max(1, #valid). Arguments as
+    `ohem_rcnn_losses`. Returns (cls_loss, box_loss) float32 scalars."""
+    ce, box, valid = _per_roi_losses(class_logits, box_deltas, labels, box_targets, valid, sigma,
+                                     class_specific)
+    count = tf.maximum(tf.reduce_sum(tf.cast(valid, tf.float32)), 1.0)
+    return tf.reduce_sum(ce) / count, box_loss_weight * tf.reduce_sum(box) / count
