@@ -1,0 +1,143 @@
+"""Slim-compatible ResNet-v1-50/101 as modified by Light-Head R-CNN (reference §3.1).
+
+The network is TF1 slim's `resnet_v1` with the original's changes: the stride of block2 and
+block3 sits in their FIRST unit (on the 3x3 `conv2` and the 1x1 `shortcut`), block1 has no
+stride, and block4 keeps stride 1 with dilation 2 on every `conv2` (so C4 and C5 are both
+stride 16). Convolutions have no biases; every one is followed by BatchNorm (epsilon 1e-5, scale
+and center); by default all BatchNorms are frozen (moving statistics, also in training) and the
+stem (conv1 + block1) is not trainable, as in the original.
+
+Input `images [B, H, W, 3] float32` (RGB minus the ImageNet mean, no std). Output: a dict
+
+| key | layer | channels | stride | spatial size |
+|---|---|---|---|---|
+| C2 | block1 | 256 | 4 | ceil(H/4) |
+| C3 | block2 | 512 | 8 | ceil(H/8) |
+| C4 | block3 | 1024 | 16 | ceil(H/16) |
+| C5 | block4 | 2048 | 16 (32 with `dilate_block4=False`) | ceil(H/16) (ceil(H/32)) |
+
+Layer names (NHWC features, HWIO kernels `[kh, kw, in, out]`: slim weights copy unchanged).
+A slim variable `resnet_v1_<N>/<scope>/weights` is the Keras variable `<layer>/kernel` and
+`resnet_v1_<N>/<scope>/BatchNorm/<v>` (v = beta, gamma, moving_mean, moving_variance) is
+`<layer>_bn/<v>`, where
+
+| slim scope | Keras layer |
+|---|---|
+| `conv1` | `conv1` (BN `conv1_bn`) |
+| `block{b}/unit_{u}/bottleneck_v1/conv{1,2,3}` | `block{b}_unit{u}_conv{1,2,3}` (BN `..._bn`) |
+| `block{b}/unit_{u}/bottleneck_v1/shortcut` | `block{b}_unit{u}_shortcut` (BN `..._bn`) |
+
+Weight-free layers: `conv1_pad`, `conv1_relu`, `pool1`, `block{b}_unit{u}_conv2_pad` (strided
+units only), `block{b}_unit{u}_conv{1,2}_relu`, `block{b}_unit{u}_add`, `block{b}_unit{u}_relu`
+(the unit output). Unit numbers start at 1 as in slim.
+"""
+from lhrcnn.backbones import layers
+from lhrcnn.keras import keras
+
+UNITS_PER_BLOCK = {
+    "resnet_v1_50": (3, 4, 6, 3),
+    "resnet_v1_101": (3, 4, 23, 3),
+}
+# (depth, bottleneck depth) of block1..block4.
+BLOCK_DEPTHS = ((256, 64), (512, 128), (1024, 256), (2048, 512))
+FEATURE_NAMES = ("C2", "C3", "C4", "C5")
+
+
+def bottleneck_v1(x, depth, depth_bottleneck, stride, rate, *, name, trainable, bn_frozen,
+                  bn_epsilon, bn_momentum):
+    """slim `bottleneck_v1`: `[B, H, W, Cin]` → `[B, ceil(H/stride), ceil(W/stride), depth]`.
+
+    shortcut (1x1/stride conv + BN when depth != Cin, else identity or 1x1/stride subsampling),
+    conv1 1x1 + BN + ReLU, conv2 3x3/stride/rate (conv2d_same) + BN + ReLU, conv3 1x1 + BN,
+    add, ReLU. Layers are named `{name}_shortcut`, `{name}_conv1`, ... (module docstring).
+    """
+    def bn(t, suffix):
+        return layers.batch_norm(f"{name}_{suffix}_bn", frozen=bn_frozen, epsilon=bn_epsilon,
+                                 momentum=bn_momentum)(t)
+
+    depth_in = x.shape[-1]
+    if depth == depth_in:
+        shortcut = x
+        if stride > 1:  # slim resnet_utils.subsample; never used by the configured networks
+            shortcut = keras.layers.MaxPooling2D(1, strides=stride, padding="same",
+                                                 name=f"{name}_shortcut")(x)
+    else:
+        shortcut = layers.conv1x1(x, depth, stride=stride, name=f"{name}_shortcut",
+                                  trainable=trainable)
+        shortcut = bn(shortcut, "shortcut")
+
+    residual = layers.conv1x1(x, depth_bottleneck, name=f"{name}_conv1", trainable=trainable)
+    residual = keras.layers.ReLU(name=f"{name}_conv1_relu")(bn(residual, "conv1"))
+    residual = layers.conv2d_same(residual, depth_bottleneck, 3, stride=stride, rate=rate,
+                                  name=f"{name}_conv2", trainable=trainable)
+    residual = keras.layers.ReLU(name=f"{name}_conv2_relu")(bn(residual, "conv2"))
+    residual = layers.conv1x1(residual, depth, name=f"{name}_conv3", trainable=trainable)
+    residual = bn(residual, "conv3")
+
+    output = keras.layers.Add(name=f"{name}_add")([shortcut, residual])
+    return keras.layers.ReLU(name=f"{name}_relu")(output)
+
+
+def resnet_v1(name, *, dilate_block4=True, freeze_bn=True, freeze_stem=True,
+              bn_epsilon=layers.DEFAULT_BN_EPSILON, bn_momentum=layers.DEFAULT_BN_MOMENTUM):
+    """Build `resnet_v1_50` or `resnet_v1_101` as a functional Keras model named `name`.
+
+    Args:
+      name: "resnet_v1_50" or "resnet_v1_101".
+      dilate_block4: True (the original): block4 stride 1, dilation 2, C5 stride 16.
+        False: block4's first unit has stride 2 and no dilation, C5 stride 32.
+      freeze_bn: every BatchNorm is a `FrozenBatchNormalization` (moving statistics always,
+        gamma/beta/statistics not trainable), as the original's `is_training=False` BN.
+      freeze_stem: conv1 and block1 convolution kernels are not trainable (their BatchNorms are
+        frozen too, whatever `freeze_bn` says, so frozen features stay fixed).
+      bn_epsilon: BatchNorm epsilon (slim 1e-5).
+      bn_momentum: moving-average momentum of trainable BatchNorms (slim decay 0.997).
+
+    Returns:
+      keras.Model `images [B, H, W, 3] float32` → {"C2", "C3", "C4", "C5": `[B, h, w, C]`},
+      with `feature_strides` and `feature_channels` dicts as attributes.
+    """
+    if name not in UNITS_PER_BLOCK:
+        raise ValueError(f"unknown ResNet-v1 variant {name!r}; known: {sorted(UNITS_PER_BLOCK)}")
+    bn_kwargs = dict(bn_epsilon=bn_epsilon, bn_momentum=bn_momentum)
+    stem_trainable = not freeze_stem
+    stem_bn_frozen = freeze_bn or freeze_stem
+
+    images = keras.Input(shape=(None, None, 3), dtype="float32", name="images")
+    x = layers.conv2d_same(images, 64, 7, stride=2, name="conv1", trainable=stem_trainable)
+    x = layers.batch_norm("conv1_bn", frozen=stem_bn_frozen, epsilon=bn_epsilon,
+                          momentum=bn_momentum)(x)
+    x = keras.layers.ReLU(name="conv1_relu")(x)
+    x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="pool1")(x)
+
+    block4_stride, block4_rate = (1, 2) if dilate_block4 else (2, 1)
+    # (first-unit stride, rate) of block1..block4
+    block_strides = ((1, 1), (2, 1), (2, 1), (block4_stride, block4_rate))
+    features, strides, channels = {}, {}, {}
+    current_stride = 4
+    for block_index, (num_units, (depth, depth_bottleneck), (stride, rate), feature) in enumerate(
+            zip(UNITS_PER_BLOCK[name], BLOCK_DEPTHS, block_strides, FEATURE_NAMES), start=1):
+        is_stem = block_index == 1
+        for unit in range(1, num_units + 1):
+            x = bottleneck_v1(
+                x, depth, depth_bottleneck, stride if unit == 1 else 1, rate,
+                name=f"block{block_index}_unit{unit}",
+                trainable=stem_trainable if is_stem else True,
+                bn_frozen=stem_bn_frozen if is_stem else freeze_bn, **bn_kwargs)
+        current_stride *= stride
+        features[feature] = x
+        strides[feature] = current_stride
+        channels[feature] = depth
+
+    model = keras.Model(inputs=images, outputs=features, name=name)
+    return layers.attach_feature_info(model, strides, channels)
+
+
+def resnet_v1_50(**options):
+    """ResNet-v1-50 (units 3, 4, 6, 3). Options as `resnet_v1`."""
+    return resnet_v1("resnet_v1_50", **options)
+
+
+def resnet_v1_101(**options):
+    """ResNet-v1-101 (units 3, 4, 23, 3). Options as `resnet_v1`."""
+    return resnet_v1("resnet_v1_101", **options)
