@@ -1,0 +1,158 @@
+"""The two-stage detector: backbone -> RPN -> proposals -> (thin feature map) -> R-CNN head, with
+in-graph targets and losses for training and post-processed detections for inference
+(shared/DESIGN.md §3). Built from a Config by an experiment's network_desp.py."""
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from lhrcnn import losses
+from lhrcnn.boxes import anchors as anchor_lib
+from lhrcnn.boxes import postprocess, proposals, targets
+from lhrcnn.config import load_config, load_network_module
+from lhrcnn.keras import keras
+
+
+class RPN(keras.layers.Layer):
+    """features dict -> (objectness_logits [B, H, W, 2A], box_deltas [B, H, W, 4A])."""
+
+    def __init__(self, head, feature_name, **kwargs):
+        super().__init__(**kwargs)
+        self.head, self.feature_name = head, feature_name
+
+    def call(self, features):
+        return self.head(features[self.feature_name])
+
+
+class RoIHead(keras.layers.Layer):
+    """(features dict, rois [R, 5]) -> (class_logits [R, num_classes], box_deltas [R, 4·classes or 4]).
+    Applies the neck (the thin feature map) when there is one, then the R-CNN subnet."""
+
+    def __init__(self, head, feature_name, neck=None, **kwargs):
+        super().__init__(**kwargs)
+        self.head, self.feature_name, self.neck = head, feature_name, neck
+
+    def head_input(self, features):
+        x = features[self.feature_name]
+        return self.neck(x) if self.neck is not None else x
+
+    def call(self, features, rois):
+        return self.head(self.head_input(features), rois)
+
+
+class TwoStageDetector(keras.Model):
+    """Light-Head R-CNN / R-FCN style detector.
+
+    Parts, each callable alone: `backbone(images)` -> feature dict; `rpn(features)`;
+    `roi_head(features, rois)`. The whole model: `detector({"images": [B, H, W, 3],
+    "image_info": [B, 5]}, training=False)` -> dict of padded detections (see
+    boxes.postprocess.detect). `compute_losses(batch)` gives the training losses.
+    """
+
+    def __init__(self, config, backbone, rpn_head, roi_head, neck=None, name="detector", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.config = config
+        self.backbone = backbone
+        self.rpn = RPN(rpn_head, config.rpn_feature, name="rpn")
+        self.roi_head = RoIHead(roi_head, config.head_feature, neck=neck, name="roi_head")
+        self.base_anchors = anchor_lib.generate_base_anchors(config.anchor_base_size, config.anchor_ratios,
+                                                             config.anchor_scales)
+
+    # ------------------------------------------------------------------ shared stages
+    def anchors(self, feature_map):
+        """Anchors [H·W·A, 4] of a [B, H, W, C] map, in the RPN's (y, x, a) order."""
+        shape = tf.shape(feature_map)
+        return anchor_lib.grid_anchors(self.base_anchors, shape[1], shape[2], self.config.feature_stride)
+
+    def _proposals(self, features, rpn_logits, rpn_deltas, image_info, training):
+        c = self.config
+        pre, post = ((c.train_rpn_pre_nms_top_n, c.train_rpn_post_nms_top_n) if training
+                     else (c.test_rpn_pre_nms_top_n, c.test_rpn_post_nms_top_n))
+        return proposals.generate_proposals(
+            tf.stop_gradient(rpn_logits), tf.stop_gradient(rpn_deltas), self.anchors(features[c.rpn_feature]),
+            image_info, pre, post, c.rpn_nms_threshold, offset=c.box_offset, backend=c.ops_backend)
+
+    # ------------------------------------------------------------------ inference
+    def call(self, inputs, training=False):
+        images, image_info = inputs["images"], inputs["image_info"]
+        features = self.backbone(images, training=training)
+        rpn_logits, rpn_deltas = self.rpn(features)
+        rois, _, valid = self._proposals(features, rpn_logits, rpn_deltas, image_info, training=False)
+        class_logits, box_deltas = self.roi_head(features, rois)
+        c = self.config
+        return postprocess.detect(class_logits, box_deltas, rois, valid, image_info, c.num_classes,
+                                  nms_threshold=c.test_nms, score_threshold=c.test_score_threshold,
+                                  max_detections=c.test_max_detections, bbox_means=c.bbox_means,
+                                  bbox_stds=c.bbox_stds, offset=c.box_offset, backend=c.ops_backend)
+
+    # ------------------------------------------------------------------ training
+    def compute_losses(self, batch, training=True):
+        """Losses of one replica's batch (dict with images [B, H, W, 3], image_info [B, 5],
+        gt_boxes [B, M, 4] in resized pixels, gt_classes [B, M] int32, 0 = padding).
+        Returns a dict: rpn_cls, rpn_box, rcnn_cls, rcnn_box, total (all scalars)."""
+        c = self.config
+        images, image_info = batch["images"], batch["image_info"]
+        gt_boxes, gt_classes = batch["gt_boxes"], batch["gt_classes"]
+        features = self.backbone(images, training=training)
+        rpn_logits, rpn_deltas = self.rpn(features)
+        anchors = self.anchors(features[c.rpn_feature])
+        labels, box_targets = targets.anchor_targets(
+            anchors, gt_boxes, gt_classes, image_info, positive_overlap=c.rpn_positive_overlap,
+            negative_overlap=c.rpn_negative_overlap, batch_size=c.rpn_batch_size, fg_fraction=c.rpn_fg_fraction,
+            allowed_border=c.rpn_allowed_border, offset=c.box_offset)
+        rpn_cls, rpn_box = losses.rpn_losses(rpn_logits, rpn_deltas, labels, box_targets, sigma=c.rpn_box_sigma)
+        rois, _, valid = self._proposals(features, rpn_logits, rpn_deltas, image_info, training=True)
+        rois, roi_labels, roi_box_targets, sample_valid = targets.roi_targets(
+            rois, valid, gt_boxes, gt_classes, c.num_classes, batch_size_per_image=c.roi_batch_size_per_image,
+            fg_threshold=c.roi_fg_threshold, bg_threshold_high=c.roi_bg_threshold_high,
+            bg_threshold_low=c.roi_bg_threshold_low, fg_fraction=c.roi_fg_fraction, append_gt=c.roi_append_gt,
+            means=c.bbox_means, stds=c.bbox_stds, class_specific=c.class_specific_regression, offset=c.box_offset)
+        rois = tf.stop_gradient(rois)
+        class_logits, box_deltas = self.roi_head(features, rois)
+        if c.ohem_top_k > 0:
+            rcnn_cls, rcnn_box = losses.ohem_rcnn_losses(
+                class_logits, box_deltas, roi_labels, roi_box_targets, sample_valid, top_k=c.ohem_top_k,
+                box_loss_weight=c.rcnn_box_loss_weight, class_specific=c.class_specific_regression)
+        else:
+            rcnn_cls, rcnn_box = losses.rcnn_losses(
+                class_logits, box_deltas, roi_labels, roi_box_targets, sample_valid,
+                box_loss_weight=c.rcnn_box_loss_weight, class_specific=c.class_specific_regression)
+        out = {"rpn_cls": rpn_cls, "rpn_box": rpn_box, "rcnn_cls": rcnn_cls, "rcnn_box": rcnn_box}
+        out["total"] = tf.add_n(list(out.values()))
+        return out
+
+    def build_with_dummy_input(self, height=None, width=None):
+        """Creates all variables by running inference once on a zero image."""
+        height = height or 2 * self.config.size_divisor
+        width = width or 2 * self.config.size_divisor
+        info = tf.constant([[height, width, 1.0, height, width]], tf.float32)
+        self({"images": tf.zeros([1, height, width, 3]), "image_info": info})
+        return self
+
+
+def build_detector(experiment_dir, **config_overrides):
+    """The experiment's detector with freshly initialised weights (variables created)."""
+    config = load_config(experiment_dir, **config_overrides)
+    network = load_network_module(experiment_dir)
+    if not hasattr(network, "build_network"):
+        raise ValueError(f"{experiment_dir}/network_desp.py must define build_network(config)")
+    detector = network.build_network(config)
+    return detector.build_with_dummy_input()
+
+
+def load_detector(experiment_dir, checkpoint=None, **config_overrides):
+    """The experiment's detector with weights from `checkpoint` (a checkpoint prefix or a folder;
+    default: the latest checkpoint in the experiment's output model_dump/)."""
+    detector = build_detector(experiment_dir, **config_overrides)
+    if checkpoint is None:
+        checkpoint = os.path.join(detector.config.output_dir(experiment_dir), "model_dump")
+    path = tf.train.latest_checkpoint(checkpoint) if os.path.isdir(checkpoint) else checkpoint
+    if not path or not tf.io.gfile.exists(path + ".index"):
+        raise FileNotFoundError(f"no checkpoint at {checkpoint}")
+    tf.train.Checkpoint(model=detector).restore(path).expect_partial()
+    return detector
+
+
+def count_parameters(model, trainable_only=False):
+    variables = model.trainable_variables if trainable_only else model.variables
+    return int(sum(np.prod(v.shape) for v in variables))
