@@ -1,8 +1,11 @@
 """Benchmarks: prints a table per section and writes all results to a json file.
 
-  python scripts/benchmark.py [--sections ops] [--repeats 15] [--json output/benchmark.json]
+  python scripts/benchmark.py [--sections ops --sections models] [--models r101,xception,synthetic]
+                              [--repeats 15] [--peer] [--json output/benchmark.json]
 
-Sections: ops (custom ops against stock-TF formulations). Targets are reported, never asserted.
+Sections: ops (custom ops against stock-TF formulations), models (whole detectors: latency, GFLOP,
+floor, stage split, training step). --peer also measures TF Model Garden's Faster R-CNN
+R-50-FPN in a separate environment (installed on first use). Targets are reported, never asserted.
 """
 import json
 import os
@@ -14,13 +17,23 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-FLAGS = flags.DEFINE_multi_string("sections", ["ops"], "Sections to run: ops.")
+FLAGS = flags.DEFINE_multi_string("sections", ["ops", "models"], "Sections to run: ops, models.")
+MODELS = flags.DEFINE_list("models", ["r101", "xception", "synthetic"], "Models of the models section.")
+PEER = flags.DEFINE_boolean("peer", False, "Also time TF Model Garden's Faster R-CNN R-50-FPN (models section).")
 REPEATS = flags.DEFINE_integer("repeats", 15, "Timed repetitions per case (median reported).")
 JSON = flags.DEFINE_string("json", "output/benchmark.json", "Where to write the results.")
 
 OPS_COLUMNS = [("case", "case", "{}"), ("baseline", "baseline", "{}"), ("op_ms", "ours ms", "{:.2f}"),
                ("baseline_ms", "baseline ms", "{:.2f}"), ("speedup", "speed-up", "{:.1f}x"),
                ("target", "target", "{:.0f}x"), ("floor_ms", "floor ms", "{:.3f}")]
+
+
+MODEL_COLUMNS = [("model", "model", "{}"), ("input", "input", "{}"), ("latency_s", "latency s", "{:.3f}"),
+                 ("gflop", "GFLOP", "{:.1f}"), ("floor_s", "floor s", "{:.3f}"), ("x_floor", "x floor", "{:.2f}"),
+                 ("train_step_s", "train step s", "{:.2f}")]
+STAGE_COLUMNS = [("model", "model", "{}")] + [
+    (f"{s}_{u}", f"{s} {'%' if u == 'pct' else 'ms'}", "{:.1f}")
+    for s in ("backbone", "rpn_proposals", "thin_map", "rcnn_subnet", "postprocess") for u in ("ms", "pct")]
 
 
 def main(argv):
@@ -39,8 +52,23 @@ def main(argv):
                   f"{os.cpu_count()} cores, median of {REPEATS.value}) ==")
             print(format_table(rows, OPS_COLUMNS))
             results["ops"] = {"rows": rows, **extra}
+        elif section == "models":
+            from lhrcnn.bench import model_bench
+            rows, extra = model_bench.run(MODELS.value, repeats=max(3, REPEATS.value // 3))
+            peer = None
+            if PEER.value:
+                from lhrcnn.bench import peer_env
+                peer = peer_env.run_peer()
+                extra["peer"] = peer
+            print(f"\n== models (batch 1, median; GEMM {extra['gemm_gflops']:.0f} GFLOP/s sets the floor) ==")
+            print(format_table(rows, MODEL_COLUMNS))
+            print("\nstage split (ms, % of the whole model's latency)")
+            print(format_table(rows, STAGE_COLUMNS))
+            if peer:
+                print("\npeer (TF Model Garden, same run):", ", ".join(f"{k} {v:.3g}" for k, v in peer.items()))
+            results["models"] = {"rows": rows, **extra}
         else:
-            raise app.UsageError(f"unknown section {section!r} (known: ops)")
+            raise app.UsageError(f"unknown section {section!r} (known: ops, models)")
     os.makedirs(os.path.dirname(os.path.abspath(JSON.value)), exist_ok=True)
     tmp = JSON.value + ".tmp"
     with open(tmp, "w") as f:
