@@ -53,14 +53,15 @@ def generate_proposals(objectness_logits, box_deltas, anchors, image_info, pre_n
     # ties where it saturates near 1 (which made the order depend on rounding, e.g. XLA vs not).
     margin = logits[..., 1] - logits[..., 0]
     image_info = tf.cast(image_info, tf.float32)
-    boxes = decode(tf.cast(anchors, tf.float32)[None], deltas, offset=offset)
-    boxes = clip_boxes(boxes, image_info[:, 0], image_info[:, 1])
 
     num_anchors = deltas.shape[1]
     k = min(pre_nms_top_n, num_anchors) if num_anchors is not None else \
         tf.minimum(pre_nms_top_n, tf.shape(deltas)[1])
     top_margin, top_index = tf.math.top_k(margin, k=k, sorted=True)  # [B, k]
-    top_boxes = tf.gather(boxes, top_index, batch_dims=1)  # [B, k, 4]
+    # Decode and clip only the k best anchors' boxes (the same boxes as decoding all, then gathering).
+    top_anchors = tf.gather(tf.cast(anchors, tf.float32), top_index)  # [B, k, 4]
+    top_boxes = decode(top_anchors, tf.gather(deltas, top_index, batch_dims=1), offset=offset)
+    top_boxes = clip_boxes(top_boxes, image_info[:, 0], image_info[:, 1])  # [B, k, 4]
     keep, _ = ops.nms(top_boxes, top_margin, post_nms_top_n, nms_threshold, box_offset=offset,
                       backend=backend)  # [B, post], -1 padded
     valid = keep >= 0
