@@ -1,0 +1,1 @@
+"""Training: the learning-rate schedule, checkpoints and the distributed training loop."""

@@ -1,0 +1,58 @@
+"""Checkpoints of a training run: model, optimizer slots, step (and EMA) under
+<output>/model_dump/, written by tf.train.CheckpointManager (data files then an atomically
+replaced `checkpoint` index, so a kill never leaves a half-written latest checkpoint), restored
+automatically on restart; and initialisation from another run's checkpoint."""
+import os
+
+import tensorflow as tf
+from absl import logging
+
+
+def is_tf2_checkpoint(prefix):
+    """True for an object-based (TF2) checkpoint, False for a name-based TF1 one."""
+    try:
+        names = {name for name, _ in tf.train.list_variables(prefix)}
+    except (tf.errors.NotFoundError, tf.errors.DataLossError, ValueError) as e:
+        raise FileNotFoundError(f"cannot read checkpoint {prefix}: {e}") from None
+    return "_CHECKPOINTABLE_OBJECT_GRAPH" in names
+
+
+def resolve_checkpoint(path):
+    """A checkpoint prefix from a prefix or a folder (its latest checkpoint)."""
+    prefix = tf.train.latest_checkpoint(path) if os.path.isdir(path) else path
+    if not prefix or not tf.io.gfile.exists(prefix + ".index"):
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    return prefix
+
+
+def initialize_from(detector, path):
+    """Loads the model weights of another run's TF2 checkpoint (optimizer state and step are not
+    taken). Variables missing from the checkpoint keep their initialisation (logged)."""
+    prefix = resolve_checkpoint(path)
+    if not is_tf2_checkpoint(prefix):
+        raise ValueError(f"{prefix} is a TF1 (name-based) checkpoint; convert it with "
+                         "scripts/convert_tf1.py first")
+    status = tf.train.Checkpoint(model=detector).restore(prefix)
+    status.expect_partial()
+    logging.info("initialised the model from %s", prefix)
+    return prefix
+
+
+class TrainingCheckpoints:
+    """Checkpoint manager of one training run (chief writes; see `directory`)."""
+
+    def __init__(self, directory, max_to_keep=5, **objects):
+        self.directory = directory
+        self.checkpoint = tf.train.Checkpoint(**objects)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=max_to_keep)
+
+    def restore_latest(self):
+        """Restores the latest checkpoint of this run if there is one; returns its path or None."""
+        latest = self.manager.latest_checkpoint
+        if latest:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+            logging.info("resumed from %s", latest)
+        return latest
+
+    def save(self, step):
+        return self.manager.save(checkpoint_number=int(step))

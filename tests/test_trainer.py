@@ -1,0 +1,108 @@
+"""The training loop: LR schedule values, the weight-decay and gradient-multiplier scope, one
+step's update against a hand-computed SGD step, and resuming from a checkpoint."""
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from lhrcnn.train.schedules import WarmupMultiStageLR
+from lhrcnn.train.trainer import Trainer, gradient_multiplier, is_decayed
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SYNTHETIC = os.path.join(ROOT, "experiments/lhrcnn/light_head_rcnn.xception_star.synthetic")
+# Deterministic losses: no random anchor subsampling, keep-all RoI targets, a small graph.
+DETERMINISTIC = dict(rpn_batch_size=10 ** 6, rpn_fg_fraction=1.0, roi_batch_size_per_image=-1,
+                     train_rpn_pre_nms_top_n=300, train_rpn_post_nms_top_n=32, ohem_top_k=16,
+                     train_batch_per_gpu=2, warmup_iters=10, nr_image_per_epoch=20, lr_stages=((2, 1.0), (3, 0.1)))
+
+
+def test_schedule_values_at_the_boundaries():
+    s = WarmupMultiStageLR(0.01, iters_per_epoch=100, warmup_iters=500, warmup_factor=1 / 3,
+                           stages=((19, 1.0), (25, 0.1), (30, 0.01)))
+    expect = {0: 0.01 / 3, 250: 0.01 * (1 / 3 + 2 / 3 * 0.5), 499: 0.01 * (1 / 3 + 2 / 3 * 499 / 500),
+              500: 0.01, 500 + 1899: 0.01, 500 + 1900: 0.001, 500 + 2499: 0.001, 500 + 2500: 1e-4,
+              500 + 2999: 1e-4, 500 + 5000: 1e-4}
+    for step, lr in expect.items():
+        assert float(s(step)) == pytest.approx(lr, rel=1e-6), step
+    assert s.total_steps == 3500
+    with pytest.raises(ValueError):
+        WarmupMultiStageLR(0.01, 100, stages=((5, 1.0), (3, 0.1)))
+
+
+def _batch_fn(seed=0, size=128):
+    rng = np.random.default_rng(seed)
+    images = rng.normal(0, 20, (2, size, size, 3)).astype(np.float32)
+    gt = np.zeros((2, 4, 4), np.float32)
+    classes = np.zeros((2, 4), np.int32)
+    for b in range(2):
+        for j in range(3):
+            x, y = rng.uniform(0, size - 48, 2)
+            w, h = rng.uniform(20, 45, 2)
+            gt[b, j] = [x, y, x + w, y + h]
+            classes[b, j] = j + 1
+            images[b, int(y):int(y + h), int(x):int(x + w), j] += 120
+    batch = {"images": images, "image_info": np.array([[size, size, 1, size, size]] * 2, np.float32),
+             "gt_boxes": gt, "gt_classes": classes}
+
+    def fn(ctx, per_replica, seed):
+        assert per_replica == 2
+        return tf.data.Dataset.from_tensors(batch).repeat()
+    return fn, batch
+
+
+def test_decay_and_multiplier_scope():
+    trainer = Trainer(SYNTHETIC, output_dir="/tmp/unused", train_dataset=_batch_fn()[0], **DETERMINISTIC)
+    names = {v.name: (d, m) for v, d, m in zip(trainer.variables, trainer.decay, trainer.multipliers)}
+    for name, (decay, mult) in names.items():
+        leaf = name.split(":")[0].rsplit("/", 1)[-1]
+        assert (decay > 0) == leaf.endswith("kernel"), name
+        assert mult == (3.0 if "conv_new" in name else 1.0), name
+    assert any("conv_new_1_conv15_w_pre" in n and "kernel" in n for n in names)
+    assert not any("moving" in n for n in names)
+    assert is_decayed(tf.Variable(1.0, name="a/ps_fc_1/kernel")) and not is_decayed(tf.Variable(1.0, name="a/bias"))
+    assert gradient_multiplier(tf.Variable(1.0, name="conv_new_1/bias"), {"conv_new": 3.0}) == 3.0
+
+
+def test_one_step_matches_a_hand_computed_sgd_update(tmp_path):
+    tf.keras.utils.set_random_seed(0)
+    fn, batch = _batch_fn()
+    trainer = Trainer(SYNTHETIC, output_dir=str(tmp_path), train_dataset=fn, total_steps=1, **DETERMINISTIC)
+    c = trainer.config
+    before = [v.numpy() for v in trainer.variables]
+    with tf.GradientTape() as tape:
+        total = trainer.detector.compute_losses({k: tf.constant(v) for k, v in batch.items()})["total"]
+    grads = tape.gradient(total, trainer.variables)
+    trainer.train()
+    lr = c.basic_lr * c.warmup_factor  # step 0 of the warm-up, one replica
+    checked = 0
+    for v, g, w0, decay, mult in zip(trainer.variables, grads, before, trainer.decay, trainer.multipliers):
+        if g is None:
+            continue
+        want = w0 - lr * mult * (g.numpy() + decay * w0)  # first momentum step: velocity = -lr * grad
+        np.testing.assert_allclose(v.numpy(), want, rtol=1e-4, atol=1e-6, err_msg=v.name)
+        checked += 1
+    assert checked == len([g for g in grads if g is not None]) > 100
+
+
+def test_resume_continues_from_the_last_checkpoint(tmp_path):
+    fn, _ = _batch_fn()
+    first = Trainer(SYNTHETIC, output_dir=str(tmp_path), train_dataset=fn, total_steps=4, checkpoint_every=2,
+                    **DETERMINISTIC)
+    result = first.train()
+    assert result["steps"] == 4 and int(first.optimizer.iterations) == 4
+    saved = [v.numpy() for v in first.detector.variables]
+    # A new process of the same run: it restores step 4 (and its weights), then trains to 7.
+    second = Trainer(SYNTHETIC, output_dir=str(tmp_path), train_dataset=fn, total_steps=7, checkpoint_every=2,
+                     **DETERMINISTIC)
+    second.checkpoints.restore_latest()
+    assert int(second.optimizer.iterations) == 4
+    for v, w in zip(second.detector.variables, saved):  # same structure; names differ by Keras suffixes
+        np.testing.assert_array_equal(v.numpy(), w)
+    assert float(second.schedule(4)) == float(first.schedule(4))
+    result = second.train()
+    assert result["steps"] == 7 and int(second.optimizer.iterations) == 7
+    assert os.path.basename(result["checkpoint"]) == "ckpt-7"
+    # Nothing more to do: a third start returns at once.
+    third = Trainer(SYNTHETIC, output_dir=str(tmp_path), train_dataset=fn, total_steps=7, **DETERMINISTIC)
+    assert third.train()["steps"] == 7
