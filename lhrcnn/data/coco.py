@@ -1,0 +1,106 @@
+"""COCO-format annotations (via pycocotools) -> DetectionDataset."""
+import contextlib
+import io
+import logging
+import os
+
+import numpy as np
+
+from lhrcnn.data.records import (DetectionDataset, ImageRecord, check_exists, clean_boxes,
+                                 drop_missing_images, new_stats)
+
+logger = logging.getLogger(__name__)
+
+
+def load_coco(annotation_file, image_dir, class_names=None, skip_crowd=True, keep_empty=True,
+              drop_unknown_categories=False):
+    """Loads a COCO json (instances_*.json or the synthetic dataset's annotations.json).
+
+    Boxes: COCO [x, y, w, h] -> (x, y, x + w, y + h) (no -1, as the original's odgt parsing),
+    clipped to the image; non-finite and degenerate (w or h <= 0 after clipping) boxes are
+    dropped; all counted in `stats`. Image files that do not exist are warned about by name,
+    counted and their records dropped.
+
+    Args:
+      annotation_file: the COCO json.
+      image_dir: folder the images' `file_name`s are relative to.
+      class_names: None = the file's categories in id order with "background" prepended;
+        otherwise a sequence whose index 0 is the background and whose other names are matched
+        to the file's category names.
+      skip_crowd: drop `iscrowd` (and `ignore`) annotations (Config.filter_gt_ignore_label).
+      keep_empty: keep images that have no box left (needed for evaluation); they are counted
+        either way.
+      drop_unknown_categories: with class_names given, drop (and count) annotations whose
+        category is not among the names instead of raising ValueError.
+    Returns:
+      DetectionDataset; records in image-id order.
+    Raises:
+      FileNotFoundError: the annotation file or the image folder does not exist.
+      ValueError: categories missing from class_names, or a malformed image entry.
+    """
+    check_exists(annotation_file, "COCO annotation file")
+    check_exists(image_dir, "image folder")
+    from pycocotools.coco import COCO
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        coco = COCO(annotation_file)
+
+    categories = sorted(coco.loadCats(coco.getCatIds()), key=lambda c: c["id"])
+    names_in_file = [c["name"] for c in categories]
+    duplicates = sorted({n for n in names_in_file if names_in_file.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"{annotation_file}: category names used by more than one id: {duplicates}")
+    if class_names is None:
+        class_names = ("background",) + tuple(names_in_file)
+    class_names = tuple(class_names)
+    index_of_name = {name: i for i, name in enumerate(class_names) if i > 0}
+    unknown = [c["name"] for c in categories if c["name"] not in index_of_name]
+    if unknown and not drop_unknown_categories:
+        raise ValueError(f"{annotation_file}: categories {unknown} are not in class_names "
+                         f"{list(class_names[1:])}; add them or pass drop_unknown_categories=True")
+    class_of_category = {c["id"]: index_of_name[c["name"]] for c in categories if c["name"] in index_of_name}
+    category_ids = [-1] * len(class_names)
+    for c in categories:
+        if c["name"] in index_of_name:
+            category_ids[index_of_name[c["name"]]] = int(c["id"])
+    absent = [class_names[i] for i in range(1, len(class_names)) if category_ids[i] < 0]
+    if absent:
+        logger.warning("%s has no category named %s; their category id is -1", annotation_file, absent)
+
+    stats = new_stats()
+    records = []
+    for image_id in sorted(coco.getImgIds()):
+        image = coco.imgs[image_id]
+        try:
+            height, width = int(image["height"]), int(image["width"])
+            file_name = image["file_name"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{annotation_file}: image {image_id} lacks a valid height, width or "
+                             f"file_name ({e!r})") from None
+        if height <= 0 or width <= 0:
+            raise ValueError(f"{annotation_file}: image {image_id} ({file_name}) has size {height}x{width}")
+        xywh, classes = [], []
+        for ann in coco.imgToAnns.get(image_id, []):
+            if skip_crowd and (ann.get("iscrowd", 0) or ann.get("ignore", 0)):
+                stats["crowd_or_ignored_boxes"] += 1
+                continue
+            if ann.get("category_id") not in class_of_category:
+                if ann.get("category_id") in coco.cats:  # a category not among class_names
+                    stats["unknown_category_boxes"] += 1
+                    continue
+                raise ValueError(f"{annotation_file}: annotation {ann.get('id')} of image {image_id} has "
+                                 f"category_id {ann.get('category_id')!r}, which is not in the categories")
+            xywh.append(ann.get("bbox"))
+            classes.append(class_of_category[ann["category_id"]])
+        boxes, keep = clean_boxes(xywh, height, width, stats)
+        record = ImageRecord(image_id=int(image_id), path=os.path.join(image_dir, file_name), height=height,
+                             width=width, boxes=boxes[keep], classes=np.asarray(classes, np.int32)[keep])
+        if len(record.boxes) == 0:
+            stats["images_without_annotations"] += 1
+            if not keep_empty:
+                continue
+        records.append(record)
+    records = drop_missing_images(records, stats)
+    dataset = DetectionDataset(records=records, class_names=class_names, category_ids=category_ids,
+                               annotation_file=annotation_file, stats=stats)
+    logger.info("%s", dataset.summary())
+    return dataset
