@@ -1,25 +1,74 @@
-"""The main job (`make demo`): synthetic data -> train the default experiment -> COCO mAP ->
-export. The detector and trainer arrive with issues #3 and #4; until then this prints the plan
-and checks what already exists (the custom ops)."""
+"""The main job (`make demo`) on the embedded default: generate the synthetic dataset, train the
+default experiment, evaluate it with COCO mAP, draw detections for a few validation images, and
+print the result. Every step is one of the user-facing scripts, run as a subprocess; each is
+idempotent or resumable, so re-running after an interruption continues where it stopped.
+
+  python scripts/run_main_job.py [--experiment DIR] [--train_images 2000] [--val_images 200]
+                                 [--steps N] [--output DIR]
+"""
+import json
 import os
+import subprocess
 import sys
+import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app, flags
 
-PLAN = """lhrcnn main job (make demo)
-  1. scripts/make_synthetic_dataset.py  -> data/synthetic/{train,val}   (issue #4)
-  2. scripts/train.py --experiment experiments/lhrcnn/light_head_rcnn.xception_star.synthetic   (issues #3, #4)
-  3. scripts/test.py  (COCO mAP on the synthetic val set)                 (issue #4)
-  4. scripts/export.py (SavedModel for TF Serving)                        (issue #6)
-Not implemented yet: the detector and the trainer land with issues #3 and #4."""
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+EXPERIMENT = flags.DEFINE_string("experiment", "experiments/lhrcnn/light_head_rcnn.xception_star.synthetic",
+                                 "The experiment to train (its config names the data).")
+TRAIN_IMAGES = flags.DEFINE_integer("train_images", 2000, "Synthetic training images.")
+VAL_IMAGES = flags.DEFINE_integer("val_images", 200, "Synthetic validation images.")
+STEPS = flags.DEFINE_integer("steps", None, "Training steps (default: the experiment's schedule).")
+OUTPUT = flags.DEFINE_string("output", None, "Output folder (default output/<user>/<experiment>).")
+DEMO_IMAGES = flags.DEFINE_integer("demo_images", 4, "Validation images to draw detections on.")
 
 
-def main():
-    print(PLAN)
-    from lhrcnn import ops
-    status = "loaded" if ops.custom_ops_available() else f"NOT available ({ops.custom_ops_load_error()})"
-    print(f"custom ops library: {status}")
+def step(title, args, timings):
+    print(f"\n=== {title}\n$ {' '.join(args)}", flush=True)
+    start = time.time()
+    subprocess.run([sys.executable] + args, cwd=ROOT, check=True)
+    timings[title] = time.time() - start
+
+
+def main(argv):
+    del argv
+    from lhrcnn.config import load_config
+    experiment = EXPERIMENT.value
+    config = load_config(os.path.join(ROOT, experiment))
+    output = OUTPUT.value or config.output_dir(os.path.join(ROOT, experiment))
+    train_dir = os.path.dirname(config.train_annotations)
+    val_dir = os.path.dirname(config.eval_annotations)
+    timings, started = {}, time.time()
+    step("synthetic training set", ["scripts/make_synthetic_dataset.py", "--output", train_dir,
+                                    "--num-images", str(TRAIN_IMAGES.value), "--seed", "1"], timings)
+    step("synthetic validation set", ["scripts/make_synthetic_dataset.py", "--output", val_dir,
+                                      "--num-images", str(VAL_IMAGES.value), "--seed", "2"], timings)
+    train = ["scripts/train.py", "--experiment", experiment, "--output", output]
+    if STEPS.value:
+        train += ["--steps", str(STEPS.value)]
+    step("train", train, timings)
+    model_dump = os.path.join(output, "model_dump")
+    step("evaluate (COCO mAP on the validation set)",
+         ["scripts/test.py", "--experiment", experiment, "--checkpoint", model_dump,
+          "--output", os.path.join(output, "eval_dump")], timings)
+    with open(os.path.join(ROOT, config.eval_annotations)) as f:
+        names = [img["file_name"] for img in json.load(f)["images"][:DEMO_IMAGES.value]]
+    images = [os.path.join(ROOT, config.eval_images, n) for n in names]
+    step("draw detections", ["scripts/demo.py", "--experiment", experiment, "--checkpoint", model_dump,
+                             "--output", os.path.join(output, "demo")] + images, timings)
+    with open(os.path.join(output, "eval_dump", "metrics.json")) as f:
+        metrics = json.load(f)
+    print("\n=== result")
+    print(f"experiment {experiment}; outputs in {output}")
+    for name in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100"):
+        print(f"  {name:6s} {metrics[name]:.3f}")
+    print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
+          + f"; total {time.time() - started:.0f} s")
+    print("SavedModel export joins the main job with scripts/export.py (issue #6).")
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)
