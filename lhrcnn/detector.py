@@ -149,7 +149,12 @@ def load_detector(experiment_dir, checkpoint=None, **config_overrides):
     path = tf.train.latest_checkpoint(checkpoint) if os.path.isdir(checkpoint) else checkpoint
     if not path or not tf.io.gfile.exists(path + ".index"):
         raise FileNotFoundError(f"no checkpoint at {checkpoint}")
-    tf.train.Checkpoint(model=detector).restore(path).expect_partial()
+    try:
+        status = tf.train.Checkpoint(model=detector).read(path)  # read(): no save counter involved
+        status.assert_existing_objects_matched()  # every model variable must come from the checkpoint
+    except (AssertionError, ValueError) as e:
+        raise ValueError(f"checkpoint {path} does not match the model of {experiment_dir}: {str(e)[:500]}") from None
+    status.expect_partial()  # optimizer slots etc. of a training checkpoint are not needed here
     return detector
 
 

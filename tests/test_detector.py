@@ -138,3 +138,7 @@ def test_checkpoint_round_trip(tmp_path):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         load_detector(SYNTHETIC, checkpoint=str(tmp_path / "missing"))
+    # A checkpoint of another model must not load silently into random weights.
+    other = tf.train.Checkpoint(model=build_detector(RFCN)).write(str(tmp_path / "rfcn"))
+    with pytest.raises(ValueError, match="does not match"):
+        load_detector(SYNTHETIC, checkpoint=other)
