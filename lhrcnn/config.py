@@ -62,6 +62,7 @@ class Config:
     anchor_scales = (2, 4, 8, 16, 32)
     anchor_ratios = (0.5, 1.0, 2.0)
     box_offset = 1.0                # the original's +1 width convention (0.0 for the modern one)
+    box_delta_clip = None           # upper bound of decoded dw/dh (None: the original, no clamp; log(1000/16) is safe)
 
     # --- RPN
     rpn_channels = 512

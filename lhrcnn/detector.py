@@ -70,7 +70,8 @@ class TwoStageDetector(keras.Model):
                      else (c.test_rpn_pre_nms_top_n, c.test_rpn_post_nms_top_n))
         return proposals.generate_proposals(
             tf.stop_gradient(rpn_logits), tf.stop_gradient(rpn_deltas), self.anchors(features[c.rpn_feature]),
-            image_info, pre, post, c.rpn_nms_threshold, offset=c.box_offset, backend=c.ops_backend)
+            image_info, pre, post, c.rpn_nms_threshold, offset=c.box_offset, backend=c.ops_backend,
+            clip_scale=c.box_delta_clip)
 
     # ------------------------------------------------------------------ inference
     def call(self, inputs, training=False):
@@ -83,7 +84,8 @@ class TwoStageDetector(keras.Model):
         return postprocess.detect(class_logits, box_deltas, rois, valid, image_info, c.num_classes,
                                   nms_threshold=c.test_nms, score_threshold=c.test_score_threshold,
                                   max_detections=c.test_max_detections, bbox_means=c.bbox_means,
-                                  bbox_stds=c.bbox_stds, offset=c.box_offset, backend=c.ops_backend)
+                                  bbox_stds=c.bbox_stds, offset=c.box_offset, backend=c.ops_backend,
+                                  clip_scale=c.box_delta_clip)
 
     # ------------------------------------------------------------------ training
     def compute_losses(self, batch, training=True):

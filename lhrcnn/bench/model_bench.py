@@ -74,7 +74,7 @@ def bench_inference(detector, height, width, repeats):
     post = tf.function(lambda cl, bd, r, v: postprocess.detect(
         cl, bd, r, v, x["image_info"], c.num_classes, nms_threshold=c.test_nms, score_threshold=c.test_score_threshold,
         max_detections=c.test_max_detections, bbox_means=c.bbox_means, bbox_stds=c.bbox_stds, offset=c.box_offset,
-        backend=c.ops_backend))
+        backend=c.ops_backend, clip_scale=c.box_delta_clip))
     times = interleaved_medians({
         "total": lambda: full(x)["boxes"].numpy(),
         "backbone": lambda: {k: v.numpy() for k, v in backbone(x["images"]).items()},

@@ -9,7 +9,7 @@ from lhrcnn.boxes import coder
 
 def detect(class_logits, box_deltas, rois, rois_valid, image_info, num_classes, *, nms_threshold=0.5,
            score_threshold=0.0, max_detections=100, bbox_means=(0.0, 0.0, 0.0, 0.0),
-           bbox_stds=(0.1, 0.1, 0.2, 0.2), offset=1.0, backend=None):
+           bbox_stds=(0.1, 0.1, 0.2, 0.2), offset=1.0, backend=None, clip_scale=None):
     """Detections of a batch.
 
     Args:
@@ -18,6 +18,7 @@ def detect(class_logits, box_deltas, rois, rois_valid, image_info, num_classes, 
       rois: [B·R, 5] (batch_index, x1, y1, x2, y2) in resized-image pixels, R per image, image-major.
       rois_valid: [B·R] bool (padding rows are False).
       image_info: [B, 5] (resized h, w, scale, original h, w).
+      clip_scale: upper bound of dw/dh before exp (None: the original, no clamp).
     Returns:
       dict of boxes [B, K, 4] (x1, y1, x2, y2 in original-image pixels), scores [B, K],
       classes [B, K] int32 (1..num_classes-1, 0 for padding), num_detections [B] int32, K = max_detections.
@@ -34,7 +35,8 @@ def detect(class_logits, box_deltas, rois, rois_valid, image_info, num_classes, 
     scale = image_info[:, 2][:, None, None]
     boxes = tf.reshape(rois[:, 1:], [batch, per_image, 1, 4]) / scale[..., None]
     boxes = tf.broadcast_to(boxes, tf.shape(deltas))
-    decoded = coder.decode(tf.reshape(boxes, [-1, 4]), tf.reshape(deltas, [-1, 4]), offset=offset)
+    decoded = coder.decode(tf.reshape(boxes, [-1, 4]), tf.reshape(deltas, [-1, 4]), offset=offset,
+                           clip_scale=clip_scale)
     decoded = tf.reshape(decoded, tf.shape(deltas))
     if decoded.shape[2] == 1:  # shared regression: the same box for every class
         decoded = tf.broadcast_to(decoded, [batch, per_image, num_classes, 4])

@@ -12,7 +12,7 @@ def _positive_int(name, value):
 
 
 def generate_proposals(objectness_logits, box_deltas, anchors, image_info, pre_nms_top_n, post_nms_top_n,
-                       nms_threshold, offset=1.0, backend=None):
+                       nms_threshold, offset=1.0, backend=None, clip_scale=None):
     """Decodes, clips, ranks and suppresses RPN boxes per image; one NMS call for the batch.
 
     Per image: foreground probability = softmax over each anchor's channel pair (2a = bg,
@@ -31,6 +31,7 @@ def generate_proposals(objectness_logits, box_deltas, anchors, image_info, pre_n
       pre_nms_top_n, post_nms_top_n: positive Python ints. nms_threshold: float in [0, 1].
       offset: 1.0 for the original's +1 IoU convention in NMS and in decoding.
       backend: NMS backend for `lhrcnn.ops.nms` (None, "custom", "tf"); "tf" compiles under XLA.
+      clip_scale: upper bound of dw/dh before exp (None: the original, no clamp; see coder.decode).
     Returns:
       rois: [B·post_nms_top_n, 5] float32 (batch_index, x1, y1, x2, y2), image-major; the rows
         of image b are b·post .. (b+1)·post - 1, valid ones first in descending score.
@@ -60,7 +61,7 @@ def generate_proposals(objectness_logits, box_deltas, anchors, image_info, pre_n
     top_margin, top_index = tf.math.top_k(margin, k=k, sorted=True)  # [B, k]
     # Decode and clip only the k best anchors' boxes (the same boxes as decoding all, then gathering).
     top_anchors = tf.gather(tf.cast(anchors, tf.float32), top_index)  # [B, k, 4]
-    top_boxes = decode(top_anchors, tf.gather(deltas, top_index, batch_dims=1), offset=offset)
+    top_boxes = decode(top_anchors, tf.gather(deltas, top_index, batch_dims=1), offset=offset, clip_scale=clip_scale)
     top_boxes = clip_boxes(top_boxes, image_info[:, 0], image_info[:, 1])  # [B, k, 4]
     keep, _ = ops.nms(top_boxes, top_margin, post_nms_top_n, nms_threshold, box_offset=offset,
                       backend=backend)  # [B, post], -1 padded

@@ -1,6 +1,8 @@
 """The default experiment of the main job: Light-Head R-CNN with the paper's Xception* backbone
 (Table 7), trained from scratch on the embedded synthetic dataset (data/synthetic/, made by
 scripts/make_synthetic_dataset.py). BN is trained here (no ImageNet statistics to freeze)."""
+import math
+
 from lhrcnn.config import Config
 
 SYNTHETIC_CLASS_NAMES = ("background", "circle", "square", "triangle", "ring", "frame", "cross")
@@ -26,6 +28,7 @@ class ExperimentConfig(Config):
 
     anchor_scales = (1, 2, 4, 8, 16)  # 16..256 px: the synthetic objects are 12 px to half an image
     box_offset = 0.0
+    box_delta_clip = math.log(1000.0 / 16)  # from scratch, early deltas can overflow exp
     train_rpn_pre_nms_top_n = 2000
     train_rpn_post_nms_top_n = 300
     test_rpn_pre_nms_top_n = 1000
