@@ -1,48 +1,21 @@
-"""Building blocks shared by the slim-compatible backbones: frozen BatchNorm and `conv2d_same`.
+"""Building blocks shared by the slim-compatible backbones: `ConvBN` (convolution + BatchNorm +
+optional ReLU in one layer) and the slim defaults it reproduces.
 
-Both reproduce TF1 slim semantics exactly, so TF1 checkpoints load without numeric drift:
-
-- `FrozenBatchNormalization` is slim's `batch_norm(is_training=False, trainable=False)`: it always
-  normalises with the moving statistics, also when the model is called with `training=True`, and
-  its variables are not trainable.
-- `conv2d_same` is slim's `resnet_utils.conv2d_same`: a stride-1 convolution uses TF `SAME`
-  padding (with dilation), a strided one pads explicitly and symmetrically
-  (`pad_total = k_eff - 1`, `pad_beg = pad_total // 2`) and then convolves `VALID`. For an even
-  input this differs from TF `SAME` with a stride, which pads bottom/right only.
+`ConvBN` is slim's `conv2d(..., normalizer_fn=batch_norm)` (or `resnet_utils.conv2d_same`) with
+TF1 semantics, so TF1 checkpoints load without numeric drift, computed the fast way: with frozen
+statistics the BatchNorm is folded into the convolution's kernel and bias, so conv + BN + ReLU is
+the Conv2D → BiasAdd → Relu chain that grappler fuses into one `_FusedConv2D`, also in a training
+step (a separate FusedBatchNorm is not fused there: its gradient needs the convolution output).
 """
+import tensorflow as tf
+
 from lhrcnn.keras import keras
 
 # slim's resnet_arg_scope: batch_norm_decay 0.997, epsilon 1e-5, scale and center on.
 DEFAULT_BN_MOMENTUM = 0.997
 DEFAULT_BN_EPSILON = 1e-5
 
-
-@keras.utils.register_keras_serializable(package="lhrcnn")
-class FrozenBatchNormalization(keras.layers.BatchNormalization):
-    """BatchNorm that always runs in inference mode and is not trainable by default.
-
-    `y = gamma * (x - moving_mean) / sqrt(moving_variance + epsilon) + beta`, whatever the
-    `training` argument: moving statistics are never updated. Setting `trainable=True` later makes
-    gamma and beta trainable but keeps inference-mode normalisation (a "frozen statistics" BN).
-    Inputs and outputs: `[..., C] float32`.
-    """
-
-    def __init__(self, trainable=False, **kwargs):
-        super().__init__(trainable=trainable, **kwargs)
-
-    def call(self, inputs, training=None):
-        del training  # always inference mode: moving statistics, no updates
-        return super().call(inputs, training=False)
-
-
-def batch_norm(name, *, frozen, epsilon=DEFAULT_BN_EPSILON, momentum=DEFAULT_BN_MOMENTUM):
-    """A BatchNorm layer (scale and center on) over the channel axis of NHWC features.
-
-    frozen=True gives a `FrozenBatchNormalization` (inference mode always, not trainable),
-    frozen=False an ordinary trainable Keras BatchNormalization.
-    """
-    cls = FrozenBatchNormalization if frozen else keras.layers.BatchNormalization
-    return cls(axis=-1, momentum=momentum, epsilon=epsilon, center=True, scale=True, name=name)
+PADDINGS = ("same", "slim_same")
 
 
 def he_normal_slim():
@@ -51,39 +24,195 @@ def he_normal_slim():
                                               distribution="truncated_normal")
 
 
-def conv2d_same(x, filters, kernel_size, *, stride=1, rate=1, name, trainable=True,
-                use_bias=False):
-    """slim `conv2d_same`: `[B, H, W, Cin]` → `[B, ceil(H/stride), ceil(W/stride), filters]`.
+def _pair(value, what):
+    pair = (value, value) if isinstance(value, int) else tuple(int(v) for v in value)
+    if len(pair) != 2 or min(pair) < 1:
+        raise ValueError(f"{what} must be a positive int or a pair of them, got {value!r}")
+    return pair
 
-    Stride 1: one `Conv2D(padding='same', dilation_rate=rate)` named `name`.
-    Stride > 1: `ZeroPadding2D` named `{name}_pad` (pad_beg = (k_eff - 1) // 2 before, the rest
-    after, on both spatial axes) followed by `Conv2D(padding='valid', strides=stride)` named `name`.
-    The kernel is HWIO `[k, k, Cin, filters]`, as in slim checkpoints. No activation, no bias by
-    default (BN follows).
+
+@keras.utils.register_keras_serializable(package="lhrcnn")
+class ConvBN(keras.layers.Layer):
+    """Convolution without bias → BatchNorm (scale and center) → optional ReLU, as one layer.
+
+    `[B, H, W, Cin]` → `[B, ceil(H/sh), ceil(W/sw), filters]` (NHWC, dtype of the input).
+
+    Variables (created with `add_weight` directly under the layer, so they are named
+    `<layer>/kernel:0`, `<layer>/gamma:0`, ...):
+
+    | variable | shape | slim | trainable |
+    |---|---|---|---|
+    | `kernel` | `[kh, kw, Cin, filters]` (HWIO) | `<scope>/weights` | `conv_trainable` |
+    | `gamma`, `beta` | `[filters]` | `<scope>/BatchNorm/gamma`, `beta` | `bn_trainable` |
+    | `moving_mean`, `moving_variance` | `[filters]` | `<scope>/BatchNorm/moving_*` | never |
+
+    The moving statistics are `ON_READ` variables aggregated by `MEAN` (as Keras BatchNorm), so
+    each replica of a `tf.distribute` strategy updates its own copy and reads see the mean.
+    `conv_trainable` and `bn_trainable` are attributes that may be changed after construction
+    (e.g. `layer.bn_trainable = True` to fine-tune gamma and beta of a frozen-statistics BN); the
+    layer's `trainable` flag switches all of them off at once, as for any Keras layer.
+
+    Padding:
+      "same": TF `SAME` (for a strided, even-sized input it pads bottom/right only).
+      "slim_same": slim's `conv2d_same`. Stride 1: TF `SAME` (with dilation). Stride > 1: pad
+        explicitly and symmetrically, `pad_total = k_eff - 1` (`k_eff = k + (k - 1)(rate - 1)`),
+        `pad_beg = pad_total // 2` before and the rest after on each spatial axis, then convolve
+        `VALID`. Output size `ceil(n / stride)` either way.
+
+    Computation, `s = gamma / sqrt(moving_variance + bn_epsilon)`:
+      - `bn_frozen` (statistics frozen), `training` falsy, or the layer's `trainable` flag off
+        (as a Keras BatchNorm with `trainable=False` runs in inference mode): the BN is folded
+        into the convolution, `y = conv(x, kernel * s) + (beta - moving_mean * s)`, then ReLU if
+        `relu` (`Conv2D` + `BiasAdd` + `Relu`, which grappler fuses into one `_FusedConv2D`; a
+        dilated convolution runs as space-to-batch + `Conv2D` + batch-to-space, as in Keras
+        `Conv2D`). Moving statistics are never updated; gradients flow to the kernel and to
+        gamma and beta.
+      - otherwise (`training` true): `y = conv(x, kernel)` normalised with the batch mean and
+        (biased) variance over `[B, H, W]`, scaled and shifted, ReLU if `relu`; the moving
+        statistics are updated `moving = moving * momentum + batch * (1 - momentum)`, with the
+        Bessel-corrected batch variance (`n / (n - 1)`, n = B·H·W) for `moving_variance`, as
+        TF's fused BatchNorm (which slim used) does.
     """
-    conv_kwargs = dict(use_bias=use_bias, kernel_initializer=he_normal_slim(),
-                       trainable=trainable, name=name)
-    if stride == 1:
-        return keras.layers.Conv2D(filters, kernel_size, strides=1, padding="same",
-                                   dilation_rate=rate, **conv_kwargs)(x)
-    kernel_size_effective = kernel_size + (kernel_size - 1) * (rate - 1)
-    pad_total = kernel_size_effective - 1
-    pad_beg = pad_total // 2
-    pad_end = pad_total - pad_beg
-    x = keras.layers.ZeroPadding2D(((pad_beg, pad_end), (pad_beg, pad_end)), name=f"{name}_pad")(x)
-    return keras.layers.Conv2D(filters, kernel_size, strides=stride, padding="valid",
-                               dilation_rate=rate, **conv_kwargs)(x)
 
+    def __init__(self, filters, kernel_size, strides=1, dilation_rate=1, padding="same",
+                 relu=False, conv_trainable=True, bn_frozen=True, bn_trainable=None,
+                 bn_epsilon=DEFAULT_BN_EPSILON, bn_momentum=DEFAULT_BN_MOMENTUM, **kwargs):
+        """`bn_trainable` (whether gamma and beta train) defaults to `not bn_frozen`."""
+        super().__init__(**kwargs)
+        if not isinstance(filters, int) or filters < 1:
+            raise ValueError(f"ConvBN {self.name!r}: filters must be a positive int, "
+                             f"got {filters!r}")
+        if padding not in PADDINGS:
+            raise ValueError(f"ConvBN {self.name!r}: padding must be one of {PADDINGS}, "
+                             f"got {padding!r}")
+        self.filters = filters
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.strides = _pair(strides, "strides")
+        self.dilation_rate = _pair(dilation_rate, "dilation_rate")
+        if max(self.strides) > 1 and max(self.dilation_rate) > 1:
+            raise ValueError(f"ConvBN {self.name!r}: strides > 1 together with "
+                             f"dilation_rate > 1 is not supported (strides={self.strides}, "
+                             f"dilation_rate={self.dilation_rate})")
+        self.padding = padding
+        self.relu = bool(relu)
+        self.conv_trainable = bool(conv_trainable)
+        self.bn_frozen = bool(bn_frozen)
+        self.bn_trainable = (not self.bn_frozen) if bn_trainable is None else bool(bn_trainable)
+        self.bn_epsilon = float(bn_epsilon)
+        self.bn_momentum = float(bn_momentum)
+        self.input_spec = keras.layers.InputSpec(ndim=4)
 
-def conv1x1(x, filters, *, stride=1, name, trainable=True):
-    """slim `conv2d(x, filters, [1, 1], stride, padding='SAME')` without bias or activation.
+    @property
+    def explicit_padding(self):
+        """`((top, bottom), (left, right))` padded before a `VALID` convolution, or None when
+        the convolution pads `SAME` itself."""
+        if self.padding != "slim_same" or max(self.strides) == 1:
+            return None
+        pads = []
+        for k, rate in zip(self.kernel_size, self.dilation_rate):
+            total = k + (k - 1) * (rate - 1) - 1
+            pads.append((total // 2, total - total // 2))
+        return tuple(pads)
 
-    For a 1x1 kernel TF `SAME` never pads: the output keeps pixels 0, s, 2s, ... (`ceil(H/s)`).
-    """
-    return keras.layers.Conv2D(filters, 1, strides=stride, padding="same", use_bias=False,
-                               kernel_initializer=he_normal_slim(), trainable=trainable,
-                               name=name)(x)
+    def build(self, input_shape):
+        channels_in = input_shape[-1]
+        if channels_in is None:
+            raise ValueError(f"ConvBN {self.name!r}: the channel axis of the input must be "
+                             f"known, got shape {input_shape}")
+        channels_in = int(channels_in)
+        self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: channels_in})
+        # Created trainable (so a GradientTape watches them if the flags change later); which
+        # of them `trainable_weights` lists is decided by conv_trainable and bn_trainable.
+        common = dict(dtype=self.dtype, experimental_autocast=False)
+        self.kernel = self.add_weight(
+            name="kernel", shape=(*self.kernel_size, channels_in, self.filters),
+            initializer=he_normal_slim(), trainable=True, **common)
+        self.gamma = self.add_weight(name="gamma", shape=(self.filters,),
+                                     initializer="ones", trainable=True, **common)
+        self.beta = self.add_weight(name="beta", shape=(self.filters,),
+                                    initializer="zeros", trainable=True, **common)
+        statistics = dict(trainable=False, synchronization=tf.VariableSynchronization.ON_READ,
+                          aggregation=tf.VariableAggregation.MEAN, **common)
+        self.moving_mean = self.add_weight(name="moving_mean", shape=(self.filters,),
+                                           initializer="zeros", **statistics)
+        self.moving_variance = self.add_weight(name="moving_variance", shape=(self.filters,),
+                                               initializer="ones", **statistics)
+        super().build(input_shape)
 
+    # ------------------------------------------------------------------------ trainability
+
+    def _weights_with_trainability(self):
+        if not self.built:
+            return []
+        return [(self.kernel, self.conv_trainable), (self.gamma, self.bn_trainable),
+                (self.beta, self.bn_trainable), (self.moving_mean, False),
+                (self.moving_variance, False)]
+
+    @property
+    def trainable_weights(self):
+        if not self.trainable:
+            return []
+        return [v for v, trainable in self._weights_with_trainability() if trainable]
+
+    @property
+    def non_trainable_weights(self):
+        return [v for v, trainable in self._weights_with_trainability()
+                if not (trainable and self.trainable)]
+
+    # ------------------------------------------------------------------------- computation
+
+    def _conv(self, x, kernel):
+        pads = self.explicit_padding
+        if pads is not None:
+            x = tf.pad(x, [[0, 0], list(pads[0]), list(pads[1]), [0, 0]])
+        # tf.nn.convolution is tf.nn.conv2d without dilation; a dilated one goes through
+        # space-to-batch (as Keras Conv2D), since CPU kernels without oneDNN have no dilated
+        # Conv2D gradient.
+        return tf.nn.convolution(x, tf.cast(kernel, x.dtype), strides=self.strides,
+                                 padding="SAME" if pads is None else "VALID",
+                                 dilations=self.dilation_rate)
+
+    def _activation(self, y):
+        return tf.nn.relu(y) if self.relu else y
+
+    def _folded(self, x):
+        scale = self.gamma * tf.math.rsqrt(self.moving_variance + self.bn_epsilon)
+        bias = self.beta - self.moving_mean * scale
+        y = tf.nn.bias_add(self._conv(x, self.kernel * scale), tf.cast(bias, x.dtype))
+        return self._activation(y)
+
+    def _batch_statistics(self, x):
+        y = self._conv(x, self.kernel)
+        # batch_variance is Bessel-corrected by the op; the output is normalised with the
+        # biased variance.
+        y, batch_mean, batch_variance = tf.compat.v1.nn.fused_batch_norm(
+            y, self.gamma, self.beta, epsilon=self.bn_epsilon, data_format="NHWC",
+            is_training=True)
+        decay = 1.0 - self.bn_momentum
+        self.moving_mean.assign_sub((self.moving_mean - batch_mean) * decay)
+        self.moving_variance.assign_sub((self.moving_variance - batch_variance) * decay)
+        return self._activation(y)
+
+    def call(self, inputs, training=None):
+        if self.bn_frozen or not self.trainable:
+            return self._folded(inputs)
+        if isinstance(training, (tf.Tensor, tf.Variable)):
+            static = tf.get_static_value(training)
+            if static is None:
+                return tf.cond(tf.cast(training, tf.bool),
+                               lambda: self._batch_statistics(inputs),
+                               lambda: self._folded(inputs))
+            training = bool(static)
+        return self._batch_statistics(inputs) if training else self._folded(inputs)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(filters=self.filters, kernel_size=self.kernel_size, strides=self.strides,
+                      dilation_rate=self.dilation_rate, padding=self.padding, relu=self.relu,
+                      conv_trainable=self.conv_trainable, bn_frozen=self.bn_frozen,
+                      bn_trainable=self.bn_trainable, bn_epsilon=self.bn_epsilon,
+                      bn_momentum=self.bn_momentum)
+        return config
 
 
 def attach_feature_info(model, strides, channels):

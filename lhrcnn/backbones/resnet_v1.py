@@ -17,19 +17,19 @@ Input `images [B, H, W, 3] float32` (RGB minus the ImageNet mean, no std). Outpu
 | C5 | block4 | 2048 | 16 (32 with `dilate_block4=False`) | ceil(H/16) (ceil(H/32)) |
 
 Layer names (NHWC features, HWIO kernels `[kh, kw, in, out]`: slim weights copy unchanged).
-A slim variable `resnet_v1_<N>/<scope>/weights` is the Keras variable `<layer>/kernel` and
-`resnet_v1_<N>/<scope>/BatchNorm/<v>` (v = beta, gamma, moving_mean, moving_variance) is
-`<layer>_bn/<v>`, where
+Every convolution with its BatchNorm (and the ReLU after conv1 and each unit's conv1/conv2) is
+one `layers.ConvBN`: a slim variable `resnet_v1_<N>/<scope>/weights` is the Keras variable
+`<layer>/kernel` and `resnet_v1_<N>/<scope>/BatchNorm/<v>` (v = beta, gamma, moving_mean,
+moving_variance) is `<layer>/<v>`, where
 
-| slim scope | Keras layer |
+| slim scope | Keras layer (`ConvBN`) |
 |---|---|
-| `conv1` | `conv1` (BN `conv1_bn`) |
-| `block{b}/unit_{u}/bottleneck_v1/conv{1,2,3}` | `block{b}_unit{u}_conv{1,2,3}` (BN `..._bn`) |
-| `block{b}/unit_{u}/bottleneck_v1/shortcut` | `block{b}_unit{u}_shortcut` (BN `..._bn`) |
+| `conv1` | `conv1` (7x7/2, slim `conv2d_same`, ReLU) |
+| `block{b}/unit_{u}/bottleneck_v1/conv{1,2,3}` | `block{b}_unit{u}_conv{1,2,3}` (ReLU after 1, 2) |
+| `block{b}/unit_{u}/bottleneck_v1/shortcut` | `block{b}_unit{u}_shortcut` |
 
-Weight-free layers: `conv1_pad`, `conv1_relu`, `pool1`, `block{b}_unit{u}_conv2_pad` (strided
-units only), `block{b}_unit{u}_conv{1,2}_relu`, `block{b}_unit{u}_add`, `block{b}_unit{u}_relu`
-(the unit output). Unit numbers start at 1 as in slim.
+Weight-free layers: `pool1`, `block{b}_unit{u}_add`, `block{b}_unit{u}_relu` (the unit output).
+Unit numbers start at 1 as in slim.
 """
 from lhrcnn.backbones import layers
 from lhrcnn.keras import keras
@@ -51,9 +51,10 @@ def bottleneck_v1(x, depth, depth_bottleneck, stride, rate, *, name, trainable, 
     conv1 1x1 + BN + ReLU, conv2 3x3/stride/rate (conv2d_same) + BN + ReLU, conv3 1x1 + BN,
     add, ReLU. Layers are named `{name}_shortcut`, `{name}_conv1`, ... (module docstring).
     """
-    def bn(t, suffix):
-        return layers.batch_norm(f"{name}_{suffix}_bn", frozen=bn_frozen, epsilon=bn_epsilon,
-                                 momentum=bn_momentum)(t)
+    def conv_bn(filters, kernel_size, suffix, **kwargs):
+        return layers.ConvBN(filters, kernel_size, conv_trainable=trainable, bn_frozen=bn_frozen,
+                             bn_epsilon=bn_epsilon, bn_momentum=bn_momentum,
+                             name=f"{name}_{suffix}", **kwargs)
 
     depth_in = x.shape[-1]
     if depth == depth_in:
@@ -62,17 +63,12 @@ def bottleneck_v1(x, depth, depth_bottleneck, stride, rate, *, name, trainable, 
             shortcut = keras.layers.MaxPooling2D(1, strides=stride, padding="same",
                                                  name=f"{name}_shortcut")(x)
     else:
-        shortcut = layers.conv1x1(x, depth, stride=stride, name=f"{name}_shortcut",
-                                  trainable=trainable)
-        shortcut = bn(shortcut, "shortcut")
+        shortcut = conv_bn(depth, 1, "shortcut", strides=stride)(x)
 
-    residual = layers.conv1x1(x, depth_bottleneck, name=f"{name}_conv1", trainable=trainable)
-    residual = keras.layers.ReLU(name=f"{name}_conv1_relu")(bn(residual, "conv1"))
-    residual = layers.conv2d_same(residual, depth_bottleneck, 3, stride=stride, rate=rate,
-                                  name=f"{name}_conv2", trainable=trainable)
-    residual = keras.layers.ReLU(name=f"{name}_conv2_relu")(bn(residual, "conv2"))
-    residual = layers.conv1x1(residual, depth, name=f"{name}_conv3", trainable=trainable)
-    residual = bn(residual, "conv3")
+    residual = conv_bn(depth_bottleneck, 1, "conv1", relu=True)(x)
+    residual = conv_bn(depth_bottleneck, 3, "conv2", strides=stride, dilation_rate=rate,
+                       padding="slim_same", relu=True)(residual)
+    residual = conv_bn(depth, 1, "conv3")(residual)
 
     output = keras.layers.Add(name=f"{name}_add")([shortcut, residual])
     return keras.layers.ReLU(name=f"{name}_relu")(output)
@@ -86,8 +82,9 @@ def resnet_v1(name, *, dilate_block4=True, freeze_bn=True, freeze_stem=True,
       name: "resnet_v1_50" or "resnet_v1_101".
       dilate_block4: True (the original): block4 stride 1, dilation 2, C5 stride 16.
         False: block4's first unit has stride 2 and no dilation, C5 stride 32.
-      freeze_bn: every BatchNorm is a `FrozenBatchNormalization` (moving statistics always,
-        gamma/beta/statistics not trainable), as the original's `is_training=False` BN.
+      freeze_bn: every BatchNorm is frozen (moving statistics always, folded into the
+        convolution; gamma/beta/statistics not trainable), as the original's
+        `is_training=False` BN.
       freeze_stem: conv1 and block1 convolution kernels are not trainable (their BatchNorms are
         frozen too, whatever `freeze_bn` says, so frozen features stay fixed).
       bn_epsilon: BatchNorm epsilon (slim 1e-5).
@@ -104,10 +101,9 @@ def resnet_v1(name, *, dilate_block4=True, freeze_bn=True, freeze_stem=True,
     stem_bn_frozen = freeze_bn or freeze_stem
 
     images = keras.Input(shape=(None, None, 3), dtype="float32", name="images")
-    x = layers.conv2d_same(images, 64, 7, stride=2, name="conv1", trainable=stem_trainable)
-    x = layers.batch_norm("conv1_bn", frozen=stem_bn_frozen, epsilon=bn_epsilon,
-                          momentum=bn_momentum)(x)
-    x = keras.layers.ReLU(name="conv1_relu")(x)
+    x = layers.ConvBN(64, 7, strides=2, padding="slim_same", relu=True,
+                      conv_trainable=stem_trainable, bn_frozen=stem_bn_frozen,
+                      bn_epsilon=bn_epsilon, bn_momentum=bn_momentum, name="conv1")(images)
     x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="pool1")(x)
 
     block4_stride, block4_rate = (1, 2) if dilate_block4 else (2, 1)

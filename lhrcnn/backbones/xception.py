@@ -21,12 +21,15 @@ dilation. Spatial sizes: C2 ceil(H/4), C3 ceil(H/8), C4 = C5 ceil(H/16) (TF SAME
 separable convolutions pads bottom/right for even sizes, which gives the same sizes as
 conv2d_same, but not the same sampling positions).
 
-Layer names follow `resnet_v1` (slim scope `resnet_v1_xception/<scope>` ↔ Keras layer):
-`conv1` (+ `conv1_bn`), `block{b}_unit{u}_{conv1,conv3,shortcut}` (+ `_bn`), and
-`block{b}_unit{u}_dws_conv2`, a `SeparableConv2D` whose `depthwise_kernel [3, 3, Cin, 1]`,
+Layer names follow `resnet_v1` (slim scope `resnet_v1_xception/<scope>` ↔ Keras layer): each
+convolution with its BatchNorm (and ReLU where one follows) is one `layers.ConvBN`, `conv1`
+(3x3/2 conv2d_same, ReLU), `block{b}_unit{u}_conv1` (ReLU), `block{b}_unit{u}_conv3` and
+`block{b}_unit{u}_shortcut`, whose `<layer>/kernel` is slim's `<scope>/weights` and `<layer>/<v>`
+slim's `<scope>/BatchNorm/<v>` (v = beta, gamma, moving_mean, moving_variance);
+`block{b}_unit{u}_dws_conv2` is a `SeparableConv2D` whose `depthwise_kernel [3, 3, Cin, 1]`,
 `pointwise_kernel [1, 1, Cin, Cb]` and `bias [Cb]` are slim's `dws_conv2/depthwise_weights`,
-`pointwise_weights` and `biases`. Weight-free: `conv1_pad`, `conv1_relu`, `pool1`,
-`block{b}_unit{u}_conv1_relu`, `block{b}_unit{u}_add`, `block{b}_unit{u}_relu`.
+`pointwise_weights` and `biases`. Weight-free: `pool1`, `block{b}_unit{u}_add`,
+`block{b}_unit{u}_relu`.
 
 Parameter count: 2,681,640 values in 228 variables (BN moving statistics included);
 2,664,408 without the 17,232 BN moving statistics (all trainable by default).
@@ -46,9 +49,10 @@ def separable_bottleneck(x, depth, depth_bottleneck, stride, *, name, trainable,
 
     `trainable` applies to conv1, conv3 and the shortcut; `dws_conv2` is always trainable.
     """
-    def bn(t, suffix):
-        return layers.batch_norm(f"{name}_{suffix}_bn", frozen=bn_frozen, epsilon=bn_epsilon,
-                                 momentum=bn_momentum)(t)
+    def conv_bn(filters, suffix, **kwargs):
+        return layers.ConvBN(filters, 1, conv_trainable=trainable, bn_frozen=bn_frozen,
+                             bn_epsilon=bn_epsilon, bn_momentum=bn_momentum,
+                             name=f"{name}_{suffix}", **kwargs)
 
     depth_in = x.shape[-1]
     if depth == depth_in:
@@ -57,20 +61,16 @@ def separable_bottleneck(x, depth, depth_bottleneck, stride, *, name, trainable,
             shortcut = keras.layers.MaxPooling2D(1, strides=stride, padding="same",
                                                  name=f"{name}_shortcut")(x)
     else:
-        shortcut = layers.conv1x1(x, depth, stride=stride, name=f"{name}_shortcut",
-                                  trainable=trainable)
-        shortcut = bn(shortcut, "shortcut")
+        shortcut = conv_bn(depth, "shortcut", strides=stride)(x)
 
-    residual = layers.conv1x1(x, depth_bottleneck, name=f"{name}_conv1", trainable=trainable)
-    residual = keras.layers.ReLU(name=f"{name}_conv1_relu")(bn(residual, "conv1"))
+    residual = conv_bn(depth_bottleneck, "conv1", relu=True)(x)
     # slim separable_conv2d defaults: padding SAME, bias (zeros), ReLU, Xavier init, no BN.
     residual = keras.layers.SeparableConv2D(
         depth_bottleneck, 3, strides=stride, padding="same", depth_multiplier=1,
         activation="relu", use_bias=True, depthwise_initializer="glorot_uniform",
         pointwise_initializer="glorot_uniform", bias_initializer="zeros",
         name=f"{name}_dws_conv2")(residual)
-    residual = layers.conv1x1(residual, depth, name=f"{name}_conv3", trainable=trainable)
-    residual = bn(residual, "conv3")
+    residual = conv_bn(depth, "conv3")(residual)
 
     output = keras.layers.Add(name=f"{name}_add")([shortcut, residual])
     return keras.layers.ReLU(name=f"{name}_relu")(output)
@@ -81,8 +81,9 @@ def xception_star(*, freeze_bn=False, freeze_stem=False, bn_epsilon=layers.DEFAU
     """Build Xception* as a functional Keras model named "xception_star".
 
     Args:
-      freeze_bn: every BatchNorm is a `FrozenBatchNormalization` (the original's BN; off by
-        default because the default experiment trains from scratch).
+      freeze_bn: every BatchNorm is frozen (moving statistics always, folded into the
+        convolution, not trainable: the original's BN; off by default because the default
+        experiment trains from scratch).
       freeze_stem: conv1 and block1's conv1/conv3/shortcut kernels are not trainable and their
         BatchNorms frozen; block1's `dws_conv2` stays trainable, as in the original.
       bn_epsilon: BatchNorm epsilon (slim 1e-5).
@@ -96,11 +97,9 @@ def xception_star(*, freeze_bn=False, freeze_stem=False, bn_epsilon=layers.DEFAU
     stem_bn_frozen = freeze_bn or freeze_stem
 
     images = keras.Input(shape=(None, None, 3), dtype="float32", name="images")
-    x = layers.conv2d_same(images, STEM_CHANNELS, 3, stride=2, name="conv1",
-                           trainable=stem_trainable)
-    x = layers.batch_norm("conv1_bn", frozen=stem_bn_frozen, epsilon=bn_epsilon,
-                          momentum=bn_momentum)(x)
-    x = keras.layers.ReLU(name="conv1_relu")(x)
+    x = layers.ConvBN(STEM_CHANNELS, 3, strides=2, padding="slim_same", relu=True,
+                      conv_trainable=stem_trainable, bn_frozen=stem_bn_frozen,
+                      bn_epsilon=bn_epsilon, bn_momentum=bn_momentum, name="conv1")(images)
     x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="pool1")(x)
     features, strides, channels = {"C2": x}, {"C2": 4}, {"C2": STEM_CHANNELS}
 

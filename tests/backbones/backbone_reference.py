@@ -70,7 +70,7 @@ def relu(x):
 
 
 class Weights:
-    """Keras weights by name, as float64: `w.kernel("conv1")`, `w.bn(x, "conv1_bn")`."""
+    """Keras weights by name, as float64: `w.kernel("conv1")`, `w.bn(x, "conv1")`."""
 
     def __init__(self, model, epsilon=1e-5):
         self.values = {v.name: v.numpy().astype(np.float64) for v in model.weights}
@@ -95,7 +95,7 @@ def slim_conv(x, w, layer, k, stride=1, rate=1):
         pads = (conv2d_same_pads(k_eff),) * 2
     else:
         pads = (tf_same_pads(x.shape[1], k_eff, stride), tf_same_pads(x.shape[2], k_eff, stride))
-    return w.bn(conv2d(x, w.kernel(layer), stride, rate, pads), layer + "_bn")
+    return w.bn(conv2d(x, w.kernel(layer), stride, rate, pads), layer)
 
 
 def resnet_v1(images, w, units, dilate_block4=True):
@@ -142,20 +142,19 @@ def xception_star(images, w):
 
 def randomize_batch_norms(model, seed):
     """Random BN statistics and affine parameters (and separable-conv biases), so that the
-    reference comparison and the frozen-BN checks see non-trivial values."""
+    reference comparison and the frozen-BN checks see non-trivial values. BN variables are found
+    by name: a layer with `<layer>/moving_mean` also has `gamma`, `beta`, `moving_variance`."""
     rng = np.random.default_rng(seed)
     for layer in model.layers:
-        weights = layer.get_weights()
-        if not weights:
-            continue
-        if layer.name.endswith("_bn"):
-            gamma, beta, mean, var = weights
-            c = gamma.shape[0]
-            layer.set_weights([rng.uniform(0.5, 1.5, c), rng.normal(0, 0.2, c),
-                               rng.normal(0, 0.2, c), rng.uniform(0.5, 2.0, c)])
+        variables = {v.name.split("/")[-1].split(":")[0]: v for v in layer.weights}
+        if "moving_mean" in variables:
+            c = variables["gamma"].shape[0]
+            variables["gamma"].assign(rng.uniform(0.5, 1.5, c))
+            variables["beta"].assign(rng.normal(0, 0.2, c))
+            variables["moving_mean"].assign(rng.normal(0, 0.2, c))
+            variables["moving_variance"].assign(rng.uniform(0.5, 2.0, c))
         elif layer.name.endswith("dws_conv2"):
-            depthwise, pointwise, bias = weights
-            layer.set_weights([depthwise, pointwise, rng.normal(0, 0.1, bias.shape)])
+            variables["bias"].assign(rng.normal(0, 0.1, variables["bias"].shape))
 
 
 def assert_close(actual, expected, rel=1e-4):

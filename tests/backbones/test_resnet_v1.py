@@ -58,7 +58,7 @@ def keras_name(slim_name):
     if rest == ["weights"]:
         return f"{layer}/kernel:0"
     assert rest[0] == "BatchNorm"
-    return f"{layer}_bn/{rest[1]}:0"
+    return f"{layer}/{rest[1]}:0"
 
 
 def num_params(variables):
@@ -115,8 +115,8 @@ def test_r50_undilated_block4_has_stride_32():
     out = model(tf.zeros([1, 200, 333, 3]))
     assert out["C5"].shape == (1, 7, 11, 2048)
     conv2 = model.get_layer("block4_unit1_conv2")
-    assert conv2.strides == (2, 2) and conv2.dilation_rate == (1, 1) and conv2.padding == "valid"
-    assert model.get_layer("block4_unit1_conv2_pad").padding == ((1, 1), (1, 1))
+    assert conv2.strides == (2, 2) and conv2.dilation_rate == (1, 1)
+    assert conv2.padding == "slim_same" and conv2.explicit_padding == ((1, 1), (1, 1))
     assert model.get_layer("block4_unit2_conv2").dilation_rate == (1, 1)
 
 
@@ -125,14 +125,24 @@ def test_r101_stride_and_dilation_placement(r101):
         for u in range(1, n + 1):
             conv1 = r101.get_layer(f"block{b}_unit{u}_conv1")
             conv2 = r101.get_layer(f"block{b}_unit{u}_conv2")
-            assert conv1.strides == (1, 1)
+            conv3 = r101.get_layer(f"block{b}_unit{u}_conv3")
+            assert conv1.strides == conv3.strides == (1, 1)
+            assert conv1.kernel_size == conv3.kernel_size == (1, 1)
+            assert conv1.padding == conv3.padding == "same"
             strided = u == 1 and b in (2, 3)
+            assert conv2.kernel_size == (3, 3)
             assert conv2.strides == ((2, 2) if strided else (1, 1))
             assert conv2.dilation_rate == ((2, 2) if b == 4 else (1, 1))
-            assert conv2.padding == ("valid" if strided else "same")
+            assert conv2.padding == "slim_same"
+            assert conv2.explicit_padding == (((1, 1), (1, 1)) if strided else None)
+            assert conv1.relu and conv2.relu and not conv3.relu
             if u == 1:
-                assert r101.get_layer(f"block{b}_unit1_shortcut").strides == conv2.strides
-    assert r101.get_layer("conv1_pad").padding == ((3, 3), (3, 3))
+                shortcut = r101.get_layer(f"block{b}_unit1_shortcut")
+                assert shortcut.strides == conv2.strides and shortcut.padding == "same"
+                assert not shortcut.relu
+    conv1 = r101.get_layer("conv1")
+    assert conv1.kernel_size == (7, 7) and conv1.strides == (2, 2) and conv1.relu
+    assert conv1.padding == "slim_same" and conv1.explicit_padding == ((3, 3), (3, 3))
     pool = r101.get_layer("pool1")
     assert pool.pool_size == (3, 3) and pool.strides == (2, 2) and pool.padding == "same"
 
@@ -190,11 +200,11 @@ def test_unfrozen_r50_trains_everything():
     stem_only = build_backbone("resnet_v1_50", freeze_bn=False, freeze_stem=True)
     frozen = {v.name for v in stem_only.non_trainable_weights if "moving" not in v.name}
     assert frozen == {v.name for v in stem_only.weights if "moving" not in v.name
-                      and v.name.split("_")[0] in ("conv1", "block1", "conv1/kernel:0")}
-    assert isinstance(stem_only.get_layer("block1_unit1_conv2_bn"),
-                      layers.FrozenBatchNormalization)
-    assert not isinstance(stem_only.get_layer("block2_unit1_conv2_bn"),
-                          layers.FrozenBatchNormalization)
+                      and v.name.split("/")[0].split("_")[0] in ("conv1", "block1")}
+    assert len(frozen) == 11 * 3  # conv1 + 10 block1 convolutions: kernel, gamma, beta
+    assert stem_only.get_layer("conv1").bn_frozen
+    assert stem_only.get_layer("block1_unit1_conv2").bn_frozen
+    assert not stem_only.get_layer("block2_unit1_conv2").bn_frozen
 
 
 # ------------------------------------------------------------------------------ frozen BN
@@ -219,50 +229,35 @@ def test_trainable_bn_does_use_batch_statistics():
     """Sanity check of the test above: an unfrozen BN changes with training=True."""
     model = build_backbone("resnet_v1_50", freeze_bn=False, freeze_stem=False)
     images = tf.random.stateless_normal([2, 40, 56, 3], seed=[1, 2])
-    before = model.get_layer("block2_unit1_conv2_bn").moving_mean.numpy()
+    before = model.get_layer("block2_unit1_conv2").moving_mean.numpy()
     inference = model(images, training=False)["C3"].numpy()
     training = model(images, training=True)["C3"].numpy()
     assert not np.allclose(inference, training)
-    assert not np.array_equal(before, model.get_layer("block2_unit1_conv2_bn").moving_mean.numpy())
+    assert not np.array_equal(before, model.get_layer("block2_unit1_conv2").moving_mean.numpy())
 
 
-def test_frozen_batch_norm_uses_moving_statistics_even_when_made_trainable():
-    """Keras BN with trainable=False is already in inference mode; ours stays so when a user
-    sets `trainable = True` (e.g. `model.trainable = True` to fine-tune gamma and beta)."""
-    layer = layers.FrozenBatchNormalization(epsilon=1e-5)
-    x = tf.random.stateless_normal([4, 3, 3, 2], seed=[5, 6]) * 3.0 + 1.0
-    layer.build(x.shape)
-    layer.set_weights([np.array([1.5, 0.5]), np.array([0.1, -0.2]), np.array([0.3, -0.4]),
-                       np.array([2.0, 0.7])])
-    layer.trainable = True
-    y = layer(x, training=True).numpy()
-    expected = (x.numpy() - [0.3, -0.4]) / np.sqrt(np.array([2.0, 0.7]) + 1e-5) * [1.5, 0.5] \
-        + [0.1, -0.2]
-    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(layer.moving_mean.numpy(), np.float32([0.3, -0.4]))
-    assert len(layer.trainable_weights) == 2  # gamma and beta
-
-
-def test_frozen_batch_norm_layer_round_trips_its_config():
-    layer = layers.FrozenBatchNormalization(epsilon=1e-5, name="x_bn")
-    clone = layers.FrozenBatchNormalization.from_config(layer.get_config())
-    assert not clone.trainable and clone.epsilon == 1e-5
-    restored = keras.layers.deserialize(keras.layers.serialize(layer))
-    assert isinstance(restored, layers.FrozenBatchNormalization)
+def test_layer_names_have_no_separate_bn_pad_or_conv_relu_layers(r101):
+    names = [layer.name for layer in r101.layers]
+    assert not [n for n in names if n.endswith(("_bn", "_pad", "conv1_relu", "conv2_relu"))]
+    conv_bns = [layer for layer in r101.layers if isinstance(layer, layers.ConvBN)]
+    assert len(conv_bns) == 104 and len(r101.layers) == 1 + 104 + 1 + 2 * 33  # + add, relu
 
 
 # ------------------------------------------------------------------- convolution arithmetic
 
 
-def test_conv2d_same_pads_symmetrically_unlike_tf_same():
+def test_slim_same_conv_pads_symmetrically_unlike_tf_same():
+    """A 3x3/2 conv2d_same on an even input: symmetric 1/1 padding, unlike TF SAME."""
     x = tf.random.stateless_normal([1, 8, 10, 2], seed=[3, 4])
     inputs = keras.Input((None, None, 2))
-    model = keras.Model(inputs, layers.conv2d_same(inputs, 3, 3, stride=2, name="c"))
-    kernel = model.get_layer("c").kernel
+    model = keras.Model(inputs, layers.ConvBN(3, 3, strides=2, padding="slim_same", name="c")(
+        inputs))
+    conv = model.get_layer("c")
+    conv.moving_variance.assign(np.full(3, 1.0 - conv.bn_epsilon, np.float32))  # BN = identity
     y = model(x)
-    explicit = tf.nn.conv2d(tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]]), kernel, 2, "VALID")
+    explicit = tf.nn.conv2d(tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]]), conv.kernel, 2, "VALID")
     np.testing.assert_allclose(y.numpy(), explicit.numpy(), rtol=1e-5, atol=1e-5)
-    tf_same = tf.nn.conv2d(x, kernel, 2, "SAME")  # pads bottom/right only for even sizes
+    tf_same = tf.nn.conv2d(x, conv.kernel, 2, "SAME")  # pads bottom/right only for even sizes
     assert y.shape == tf_same.shape and not np.allclose(y.numpy(), tf_same.numpy())
 
 

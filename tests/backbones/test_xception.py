@@ -20,21 +20,21 @@ def xception():
 def expected_variables():
     """Keras weight name → shape, from the reference's architecture description."""
     variables = {"conv1/kernel:0": (3, 3, 3, 24)}
-    bn_channels = {"conv1_bn": 24}
+    bn_channels = {"conv1": 24}  # ConvBN layer → channels of its BatchNorm
     depth_in = 24
     for b, (depth, bottleneck, _, n) in enumerate(BLOCKS, start=1):
         for u in range(1, n + 1):
             name = f"block{b}_unit{u}"
             if depth_in != depth:
                 variables[f"{name}_shortcut/kernel:0"] = (1, 1, depth_in, depth)
-                bn_channels[f"{name}_shortcut_bn"] = depth
+                bn_channels[f"{name}_shortcut"] = depth
             variables[f"{name}_conv1/kernel:0"] = (1, 1, depth_in, bottleneck)
-            bn_channels[f"{name}_conv1_bn"] = bottleneck
+            bn_channels[f"{name}_conv1"] = bottleneck
             variables[f"{name}_dws_conv2/depthwise_kernel:0"] = (3, 3, bottleneck, 1)
             variables[f"{name}_dws_conv2/pointwise_kernel:0"] = (1, 1, bottleneck, bottleneck)
             variables[f"{name}_dws_conv2/bias:0"] = (bottleneck,)
             variables[f"{name}_conv3/kernel:0"] = (1, 1, bottleneck, depth)
-            bn_channels[f"{name}_conv3_bn"] = depth
+            bn_channels[f"{name}_conv3"] = depth
             depth_in = depth
     for layer, c in bn_channels.items():
         for v in ("gamma", "beta", "moving_mean", "moving_variance"):
@@ -87,8 +87,18 @@ def test_separable_units(xception):
 
 def test_default_trains_everything_but_the_moving_statistics(xception):
     assert len(xception.trainable_weights) == 228 - 2 * 36  # 36 BatchNorms
-    assert not any(isinstance(layer, layers.FrozenBatchNormalization)
-                   for layer in xception.layers)
+    conv_bns = [layer for layer in xception.layers if isinstance(layer, layers.ConvBN)]
+    assert len(conv_bns) == 36 and not any(layer.bn_frozen for layer in conv_bns)
+    names = [layer.name for layer in xception.layers]
+    assert not [n for n in names if n.endswith(("_bn", "_pad", "conv1_relu"))]
+    conv1 = xception.get_layer("conv1")  # 3x3/2 conv2d_same: pad_total 2 → 1 before, 1 after
+    assert conv1.relu and conv1.explicit_padding == ((1, 1), (1, 1)) and conv1.strides == (2, 2)
+    for b, (depth, bottleneck, stride, n) in enumerate(BLOCKS, start=1):
+        for u in range(1, n + 1):
+            assert xception.get_layer(f"block{b}_unit{u}_conv1").relu
+            assert not xception.get_layer(f"block{b}_unit{u}_conv3").relu
+    assert xception.get_layer("block1_unit1_shortcut").strides == (2, 2)
+    assert not xception.get_layer("block1_unit1_shortcut").relu
 
 
 def test_frozen_variant_keeps_separable_convs_trainable():
