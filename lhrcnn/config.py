@@ -87,6 +87,8 @@ class Config:
     large_separable_mid_channels = 256
     large_separable_out_channels = 490  # = ps_group_size² × 10
     rcnn_fc_channels = 2048
+    thin_map_norm = None            # None: the original; "batch": BatchNorm before the thin map's ReLU
+    head_initializer = None         # None: the original's N(0, 0.01) for the thin map and ps_fc_1; or e.g. "he_normal"
     rfcn_channels = 1024            # R-FCN's conv_new_1
     class_specific_regression = True
     bbox_means = (0.0, 0.0, 0.0, 0.0)
@@ -117,6 +119,7 @@ class Config:
     warmup_factor = 1.0 / 3.0
     lr_stages = ((19, 1.0), (25, 0.1), (30, 0.01))  # (end epoch, lr factor)
     ema_decay = 0.0                 # > 0 keeps an exponential moving average of the weights
+    gradient_clip_norm = None       # clip the global gradient norm (None: the original, no clipping)
     ops_backend = None              # None | "custom" | "tf" for the custom ops
 
     def __init__(self, **overrides):

@@ -32,12 +32,12 @@ class RoIHead(keras.layers.Layer):
         super().__init__(**kwargs)
         self.head, self.feature_name, self.neck = head, feature_name, neck
 
-    def head_input(self, features):
+    def head_input(self, features, training=None):
         x = features[self.feature_name]
-        return self.neck(x) if self.neck is not None else x
+        return self.neck(x, training=training) if self.neck is not None else x
 
-    def call(self, features, rois):
-        return self.head(self.head_input(features), rois)
+    def call(self, features, rois, training=None):
+        return self.head(self.head_input(features, training=training), rois)
 
 
 class TwoStageDetector(keras.Model):
@@ -110,7 +110,7 @@ class TwoStageDetector(keras.Model):
             bg_threshold_low=c.roi_bg_threshold_low, fg_fraction=c.roi_fg_fraction, append_gt=c.roi_append_gt,
             means=c.bbox_means, stds=c.bbox_stds, class_specific=c.class_specific_regression, offset=c.box_offset)
         rois = tf.stop_gradient(rois)
-        class_logits, box_deltas = self.roi_head(features, rois)
+        class_logits, box_deltas = self.roi_head(features, rois, training=training)
         if c.ohem_top_k > 0:
             rcnn_cls, rcnn_box = losses.ohem_rcnn_losses(
                 class_logits, box_deltas, roi_labels, roi_box_targets, sample_valid, top_k=c.ohem_top_k,

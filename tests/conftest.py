@@ -21,3 +21,7 @@ def backend(request):
     if request.param == "custom":
         assert ops.custom_ops_available(), ops.custom_ops_load_error()
     return request.param
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: end-to-end tests that train for minutes (still run in CI)")

@@ -114,8 +114,10 @@ def test_training_steps_lower_the_loss():
 
 def test_inference_compiles_with_xla_on_the_twins_and_matches_the_compiled_ops():
     tf.random.set_seed(2)
-    twin = build_detector(SYNTHETIC, ops_backend="tf")
-    custom = build_detector(SYNTHETIC, ops_backend="custom")
+    # The original's head initialisation: untrained He-initialised heads saturate the class scores,
+    # and exact ties would make the comparison depend on the order of equal scores.
+    twin = build_detector(SYNTHETIC, ops_backend="tf", head_initializer=None)
+    custom = build_detector(SYNTHETIC, ops_backend="custom", head_initializer=None)
     custom.set_weights(twin.get_weights())
     rng = np.random.default_rng(3)
     inputs = {"images": tf.constant(rng.normal(0, 50, (1, 160, 192, 3)).astype(np.float32)),

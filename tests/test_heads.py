@@ -1,6 +1,7 @@
 """The RPN head, the large separable conv, the Light-Head and R-FCN subnets against second
 implementations (tf.nn.conv2d with the layers' weights; NumPy pooling reference + matmuls)."""
 import numpy as np
+import pytest
 import tensorflow as tf
 
 import reference_ops as ref
@@ -68,3 +69,21 @@ def test_rfcn_head_matches_numpy():
     want_box = ref.ps_roi_pool_ref(box_map, rois, g, 1 / 16).mean(axis=(1, 2))
     np.testing.assert_allclose(logits.numpy(), want_logits, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(deltas.numpy(), np.tile(want_box, (1, classes)), rtol=1e-4, atol=1e-5)
+
+
+def test_large_separable_conv_batch_norm_option():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(2, 6, 7, 4)).astype(np.float32)
+    layer = LargeSeparableConv(kernel_size=3, mid_channels=3, out_channels=9, norm="batch", kernel_initializer="he_normal")
+    layer(x)
+    layer.bn.moving_mean.assign(rng.normal(size=9).astype(np.float32))
+    layer.bn.moving_variance.assign(rng.uniform(0.5, 2, 9).astype(np.float32))
+    pre = _conv(_conv(x, layer.w_pre), layer.w) + _conv(_conv(x, layer.h_pre), layer.h)
+    bn = layer.bn
+    want = np.maximum((pre - bn.moving_mean.numpy()) / np.sqrt(bn.moving_variance.numpy() + bn.epsilon)
+                      * bn.gamma.numpy() + bn.beta.numpy(), 0)
+    np.testing.assert_allclose(layer(x, training=False).numpy(), want, rtol=1e-4, atol=1e-4)
+    train = layer(x, training=True).numpy()  # batch statistics: about half the outputs are positive
+    assert 0.3 < (train > 0).mean() < 0.7
+    with pytest.raises(ValueError, match="norm"):
+        LargeSeparableConv(norm="group")

@@ -14,7 +14,9 @@ SYNTHETIC = os.path.join(ROOT, "experiments/lhrcnn/light_head_rcnn.xception_star
 # Deterministic losses: no random anchor subsampling, keep-all RoI targets, a small graph.
 DETERMINISTIC = dict(rpn_batch_size=10 ** 6, rpn_fg_fraction=1.0, roi_batch_size_per_image=-1,
                      train_rpn_pre_nms_top_n=300, train_rpn_post_nms_top_n=32, ohem_top_k=16,
-                     train_batch_per_gpu=2, warmup_iters=10, nr_image_per_epoch=20, lr_stages=((2, 1.0), (3, 0.1)))
+                     train_batch_per_gpu=2, warmup_iters=10, nr_image_per_epoch=20, lr_stages=((2, 1.0), (3, 0.1)),
+                     # the mechanisms under test, whatever the experiment sets
+                     gradient_multipliers={"conv_new": 3.0}, gradient_clip_norm=None)
 
 
 def test_schedule_values_at_the_boundaries():

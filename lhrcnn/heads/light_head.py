@@ -15,7 +15,8 @@ class LightHead(keras.layers.Layer):
     """
 
     def __init__(self, num_classes, group_size=7, spatial_scale=1.0 / 16, pooling="ps_roi_align",
-                 sampling_ratio=(2, 2), fc_channels=2048, class_specific=True, backend=None, **kwargs):
+                 sampling_ratio=(2, 2), fc_channels=2048, class_specific=True, backend=None,
+                 fc_initializer=None, **kwargs):
         super().__init__(**kwargs)
         if pooling not in ("ps_roi_align", "ps_roi_pool"):
             raise ValueError(f"pooling must be 'ps_roi_align' or 'ps_roi_pool', got {pooling!r}")
@@ -23,7 +24,9 @@ class LightHead(keras.layers.Layer):
         self.pooling, self.sampling_ratio, self.fc_channels = pooling, tuple(sampling_ratio), fc_channels
         self.class_specific, self.backend = class_specific, backend
         init = lambda: keras.initializers.RandomNormal(stddev=0.01)  # noqa: E731  (one per layer)
-        self.fc = keras.layers.Dense(fc_channels, activation="relu", kernel_initializer=init(), name="ps_fc_1")
+        self.fc_initializer = fc_initializer  # None: the original's N(0, 0.01)
+        self.fc = keras.layers.Dense(fc_channels, activation="relu", name="ps_fc_1",
+                                     kernel_initializer=keras.initializers.get(fc_initializer) if fc_initializer else init())
         self.cls = keras.layers.Dense(num_classes, kernel_initializer=init(), name="cls_fc")
         self.bbox = keras.layers.Dense(4 * (num_classes if class_specific else 1),
                                        kernel_initializer=keras.initializers.RandomNormal(stddev=0.001),
@@ -52,4 +55,5 @@ class LightHead(keras.layers.Layer):
         return {**super().get_config(), "num_classes": self.num_classes, "group_size": self.group_size,
                 "spatial_scale": self.spatial_scale, "pooling": self.pooling,
                 "sampling_ratio": self.sampling_ratio, "fc_channels": self.fc_channels,
-                "class_specific": self.class_specific, "backend": self.backend}
+                "class_specific": self.class_specific, "backend": self.backend,
+                "fc_initializer": self.fc_initializer}

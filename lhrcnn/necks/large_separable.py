@@ -14,28 +14,44 @@ class LargeSeparableConv(keras.layers.Layer):
       out_channels: C_out = G² x channels per bin (490 = 7 x 7 x 10).
       prefix: variable-name prefix; `conv_new_1` as in the original, so the x3 gradient
         multiplier on `conv_new*` applies and checkpoints map by name.
+      kernel_initializer: None for the original's N(0, 0.01), or a Keras initializer name
+        ("he_normal" keeps the thin map alive when the backbone is trained from scratch).
+      norm: None (the original) or "batch": BatchNorm on the sum before the activation. Not in
+        the original; a from-scratch backbone shifts the thin map's input so fast that its ReLU
+        dies (all zeros) without it.
     """
 
     def __init__(self, kernel_size=15, mid_channels=256, out_channels=490, prefix="conv_new_1",
-                 activation="relu", **kwargs):
+                 activation="relu", kernel_initializer=None, norm=None, **kwargs):
         super().__init__(**kwargs)
         self.kernel_size, self.mid_channels, self.out_channels = kernel_size, mid_channels, out_channels
         self.prefix, self.activation = prefix, keras.activations.get(activation)
+        self.kernel_initializer = kernel_initializer
+        if norm not in (None, "batch"):
+            raise ValueError(f"norm must be None or 'batch', got {norm!r}")
+        self.norm = norm
+        self.bn = keras.layers.BatchNormalization(momentum=0.99, epsilon=1e-5, name=f"{prefix}_bn") if norm else None
         k = kernel_size
 
         def conv(name, channels, kernel):
             return keras.layers.Conv2D(channels, kernel, padding="same", use_bias=True,
-                                       kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+                                       kernel_initializer=(keras.initializers.get(kernel_initializer)
+                                                           if kernel_initializer else
+                                                           keras.initializers.RandomNormal(stddev=0.01)),
                                        bias_initializer="zeros", name=f"{prefix}_conv15_{name}")
         self.w_pre = conv("w_pre", mid_channels, (k, 1))
         self.w = conv("w", out_channels, (1, k))
         self.h_pre = conv("h_pre", mid_channels, (1, k))
         self.h = conv("h", out_channels, (k, 1))
 
-    def call(self, x):
-        return self.activation(self.w(self.w_pre(x)) + self.h(self.h_pre(x)))
+    def call(self, x, training=None):
+        y = self.w(self.w_pre(x)) + self.h(self.h_pre(x))
+        if self.bn is not None:
+            y = self.bn(y, training=training)
+        return self.activation(y)
 
     def get_config(self):
         return {**super().get_config(), "kernel_size": self.kernel_size, "mid_channels": self.mid_channels,
                 "out_channels": self.out_channels, "prefix": self.prefix,
+                "kernel_initializer": self.kernel_initializer, "norm": self.norm,
                 "activation": keras.activations.serialize(self.activation)}

@@ -104,6 +104,9 @@ class Trainer:
             losses = self.detector.compute_losses(batch, training=True)
             scaled = losses["total"] / self.replicas
         grads = tape.gradient(scaled, self.variables)
+        if self.config.gradient_clip_norm:
+            # Global norm over this replica's share; the summed update is bounded by replicas x norm.
+            grads, _ = tf.clip_by_global_norm(grads, self.config.gradient_clip_norm / self.replicas)
         out = []
         for g, v, decay, mult in zip(grads, self.variables, self.decay, self.multipliers):
             if g is None:

@@ -20,7 +20,7 @@ class ExperimentConfig(Config):
     eval_image_max_size = 512
 
     backbone = "xception_star"
-    backbone_options = {"freeze_bn": False, "freeze_stem": False}
+    backbone_options = {"freeze_bn": False, "freeze_stem": False, "bn_momentum": 0.99}
     rpn_feature = "C4"   # block2 output, 288 channels (stride 16)
     head_feature = "C5"  # block3 output, 576 channels (stride 16)
     rpn_channels = 256
@@ -38,10 +38,20 @@ class ExperimentConfig(Config):
     test_nms = 0.5
     test_score_threshold = 0.01
 
+    # The main job's schedule: 100 warm-up + 10 "epochs" of 250 steps (2 images each) = 2600
+    # steps, about 25 minutes on a 2-core CPU; LR drops after epochs 7 and 9.
     train_batch_per_gpu = 2
     basic_lr = 0.01
+    # Trained from scratch, the thin map's ReLU dies (all zeros) within a few hundred steps with the
+    # original's head (N(0, 0.01) init, x3 gradients, no normalisation): every thin-map pixel
+    # collects gradient from hundreds of RoI bins while the backbone underneath shifts. These
+    # keep it alive (measured: 38% zeros after 400 steps instead of 97-100%).
+    thin_map_norm = "batch"
+    head_initializer = "he_normal"
+    gradient_multipliers = {}
+    gradient_clip_norm = 10.0
     weight_decay = 4e-5
-    nr_image_per_epoch = 2000
-    max_epoch = 12
-    warmup_iters = 200
-    lr_stages = ((8, 1.0), (11, 0.1), (12, 0.01))
+    nr_image_per_epoch = 500
+    max_epoch = 10
+    warmup_iters = 100
+    lr_stages = ((7, 1.0), (9, 0.1), (10, 0.01))

@@ -12,8 +12,9 @@ def build_network(config):
         backbone=build_backbone(config.backbone, **config.backbone_options),
         rpn_head=RPNHead(config.num_anchors, config.rpn_channels),
         neck=LargeSeparableConv(config.large_separable_kernel, config.large_separable_mid_channels,
-                                config.large_separable_out_channels),
+                                config.large_separable_out_channels, kernel_initializer=config.head_initializer,
+                                norm=config.thin_map_norm),
         roi_head=LightHead(config.num_classes, config.ps_group_size, 1.0 / config.feature_stride,
                            pooling=config.roi_pooling, sampling_ratio=config.ps_sampling_ratio,
                            fc_channels=config.rcnn_fc_channels, class_specific=config.class_specific_regression,
-                           backend=config.ops_backend))
+                           backend=config.ops_backend, fc_initializer=config.head_initializer))

@@ -1,0 +1,68 @@
+"""End to end on small synthetic data (slow, still run in CI): training survives a SIGKILL and
+resumes from its last checkpoint."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import tensorflow as tf
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPERIMENT = os.path.join(ROOT, "experiments/lhrcnn/light_head_rcnn.xception_star.synthetic")
+
+
+def _make_experiment(tmp_path, train_images, val_images, **fields):
+    """A copy of the synthetic experiment pointing at small datasets in tmp_path."""
+    for name, count, seed in (("train", train_images, 11), ("val", val_images, 12)):
+        subprocess.run([sys.executable, os.path.join(ROOT, "scripts/make_synthetic_dataset.py"), "--output",
+                        str(tmp_path / name), "--num-images", str(count), "--seed", str(seed)], check=True,
+                       capture_output=True)
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    with open(os.path.join(EXPERIMENT, "network_desp.py")) as f:
+        (exp / "network_desp.py").write_text(f.read())
+    lines = [f"    {k} = {v!r}" for k, v in dict(
+        train_annotations=str(tmp_path / "train/annotations.json"), train_images=str(tmp_path / "train/images"),
+        eval_annotations=str(tmp_path / "val/annotations.json"), eval_images=str(tmp_path / "val/images"),
+        **fields).items()]
+    (exp / "config.py").write_text(
+        "import importlib.util\n"
+        f"_spec = importlib.util.spec_from_file_location('_base_synthetic', {os.path.join(EXPERIMENT, 'config.py')!r})\n"
+        "_base = importlib.util.module_from_spec(_spec)\n_spec.loader.exec_module(_base)\n\n\n"
+        "class SmallConfig(_base.ExperimentConfig):\n" + "\n".join(lines) + "\n")
+    return str(exp)
+
+
+def _train_cmd(exp, output, steps, every):
+    return [sys.executable, os.path.join(ROOT, "scripts/train.py"), "--experiment", exp, "--output", output,
+            "--steps", str(steps), "--checkpoint_every", str(every), "--log_every", "1"]
+
+
+@pytest.mark.slow
+def test_training_resumes_after_a_kill(tmp_path):
+    exp = _make_experiment(tmp_path, 12, 4, image_short_size=192, image_max_size=256, train_rpn_pre_nms_top_n=300,
+                           train_rpn_post_nms_top_n=64, ohem_top_k=32, warmup_iters=5, nr_image_per_epoch=20,
+                           max_epoch=4, lr_stages=((3, 1.0), (4, 0.1)))
+    output = str(tmp_path / "out")
+    proc = subprocess.Popen(_train_cmd(exp, output, 40, 10), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    deadline = time.time() + 300
+    index = os.path.join(output, "model_dump", "ckpt-10.index")
+    while not os.path.exists(index) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert os.path.exists(index), proc.communicate()[0][-3000:] if proc.poll() is not None else "no checkpoint in time"
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)  # no chance to clean up
+    proc.wait()
+    state = tf.train.get_checkpoint_state(os.path.join(output, "model_dump"))
+    killed_at = int(state.model_checkpoint_path.rsplit("-", 1)[1])
+    assert 10 <= killed_at < 40
+    # The latest checkpoint is complete (readable), whatever moment the kill hit.
+    tf.train.load_checkpoint(state.model_checkpoint_path)
+    out = subprocess.run(_train_cmd(exp, output, 40, 10), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    log = out.stdout + out.stderr
+    assert f"ckpt-{killed_at}" in log and f"steps {killed_at} -> 40" in log, log[-2000:]
+    assert tf.train.latest_checkpoint(os.path.join(output, "model_dump")).endswith("ckpt-40")
