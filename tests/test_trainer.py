@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from lhrcnn.train.schedules import WarmupMultiStageLR
+from test_detector import _tiny_batch  # noqa: E402  (tests/ is on sys.path)
 from lhrcnn.train.trainer import Trainer, gradient_multiplier, is_decayed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,19 +34,7 @@ def test_schedule_values_at_the_boundaries():
 
 
 def _batch_fn(seed=0, size=128):
-    rng = np.random.default_rng(seed)
-    images = rng.normal(0, 20, (2, size, size, 3)).astype(np.float32)
-    gt = np.zeros((2, 4, 4), np.float32)
-    classes = np.zeros((2, 4), np.int32)
-    for b in range(2):
-        for j in range(3):
-            x, y = rng.uniform(0, size - 48, 2)
-            w, h = rng.uniform(20, 45, 2)
-            gt[b, j] = [x, y, x + w, y + h]
-            classes[b, j] = j + 1
-            images[b, int(y):int(y + h), int(x):int(x + w), j] += 120
-    batch = {"images": images, "image_info": np.array([[size, size, 1, size, size]] * 2, np.float32),
-             "gt_boxes": gt, "gt_classes": classes}
+    batch = {k: v.numpy() for k, v in _tiny_batch(seed, size).items()}
 
     def fn(ctx, per_replica, seed):
         assert per_replica == 2
