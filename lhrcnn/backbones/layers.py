@@ -224,3 +224,14 @@ def attach_feature_info(model, strides, channels):
     object.__setattr__(model, "feature_strides", dict(strides))
     object.__setattr__(model, "feature_channels", dict(channels))
     return model
+
+
+def shortcut(x, depth, stride, shortcut_conv, name):
+    """slim's residual shortcut: `x` itself (subsampled by a 1x1 max-pool when strided, slim
+    `resnet_utils.subsample`) when its depth already is `depth`, else `shortcut_conv(x)` (the
+    1x1/stride conv + BN named `{name}_shortcut`, built by the caller)."""
+    if x.shape[-1] == depth:
+        if stride > 1:  # never used by the configured networks
+            return keras.layers.MaxPooling2D(1, strides=stride, padding="same", name=f"{name}_shortcut")(x)
+        return x
+    return shortcut_conv(x)

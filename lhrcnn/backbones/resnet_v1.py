@@ -56,14 +56,7 @@ def bottleneck_v1(x, depth, depth_bottleneck, stride, rate, *, name, trainable, 
                              bn_epsilon=bn_epsilon, bn_momentum=bn_momentum,
                              name=f"{name}_{suffix}", **kwargs)
 
-    depth_in = x.shape[-1]
-    if depth == depth_in:
-        shortcut = x
-        if stride > 1:  # slim resnet_utils.subsample; never used by the configured networks
-            shortcut = keras.layers.MaxPooling2D(1, strides=stride, padding="same",
-                                                 name=f"{name}_shortcut")(x)
-    else:
-        shortcut = conv_bn(depth, 1, "shortcut", strides=stride)(x)
+    shortcut = layers.shortcut(x, depth, stride, lambda t: conv_bn(depth, 1, "shortcut", strides=stride)(t), name)
 
     residual = conv_bn(depth_bottleneck, 1, "conv1", relu=True)(x)
     residual = conv_bn(depth_bottleneck, 3, "conv2", strides=stride, dilation_rate=rate,

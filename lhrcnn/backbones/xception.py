@@ -54,14 +54,7 @@ def separable_bottleneck(x, depth, depth_bottleneck, stride, *, name, trainable,
                              bn_epsilon=bn_epsilon, bn_momentum=bn_momentum,
                              name=f"{name}_{suffix}", **kwargs)
 
-    depth_in = x.shape[-1]
-    if depth == depth_in:
-        shortcut = x
-        if stride > 1:  # slim resnet_utils.subsample; never used by the configured network
-            shortcut = keras.layers.MaxPooling2D(1, strides=stride, padding="same",
-                                                 name=f"{name}_shortcut")(x)
-    else:
-        shortcut = conv_bn(depth, "shortcut", strides=stride)(x)
+    shortcut = layers.shortcut(x, depth, stride, lambda t: conv_bn(depth, "shortcut", strides=stride)(t), name)
 
     residual = conv_bn(depth_bottleneck, "conv1", relu=True)(x)
     # slim separable_conv2d defaults: padding SAME, bias (zeros), ReLU, Xavier init, no BN.
