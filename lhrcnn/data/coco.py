@@ -4,9 +4,7 @@ import io
 import logging
 import os
 
-import numpy as np
-
-from lhrcnn.data.records import (DetectionDataset, ImageRecord, check_exists, clean_boxes,
+from lhrcnn.data.records import (DetectionDataset, check_exists, make_record,
                                  drop_missing_images, new_stats)
 
 logger = logging.getLogger(__name__)
@@ -91,14 +89,10 @@ def load_coco(annotation_file, image_dir, class_names=None, skip_crowd=True, kee
                                  f"category_id {ann.get('category_id')!r}, which is not in the categories")
             xywh.append(ann.get("bbox"))
             classes.append(class_of_category[ann["category_id"]])
-        boxes, keep = clean_boxes(xywh, height, width, stats)
-        record = ImageRecord(image_id=int(image_id), path=os.path.join(image_dir, file_name), height=height,
-                             width=width, boxes=boxes[keep], classes=np.asarray(classes, np.int32)[keep])
-        if len(record.boxes) == 0:
-            stats["images_without_annotations"] += 1
-            if not keep_empty:
-                continue
-        records.append(record)
+        record = make_record(int(image_id), os.path.join(image_dir, file_name), height, width, xywh, classes,
+                             stats, keep_empty)
+        if record is not None:
+            records.append(record)
     records = drop_missing_images(records, stats)
     dataset = DetectionDataset(records=records, class_names=class_names, category_ids=category_ids,
                                annotation_file=annotation_file, stats=stats)

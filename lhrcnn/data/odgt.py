@@ -3,9 +3,7 @@ import json
 import logging
 import os
 
-import numpy as np
-
-from lhrcnn.data.records import (DetectionDataset, ImageRecord, check_exists, clean_boxes,
+from lhrcnn.data.records import (DetectionDataset, check_exists, make_record,
                                  drop_missing_images, new_stats)
 
 logger = logging.getLogger(__name__)
@@ -84,15 +82,11 @@ def load_odgt(odgt_file, image_root, class_names, skip_ignored=True, keep_empty=
                                      f"add it or pass drop_unknown_categories=True")
                 xywh.append(gt.get("box"))
                 classes.append(index_of_name[tag])
-            boxes, keep = clean_boxes(xywh, height, width, stats)
             path = os.path.join(image_root, fpath.lstrip("/\\"))
-            record = ImageRecord(image_id=image_id_from_odgt_id(odgt_id, line_index), path=path, height=height,
-                                 width=width, boxes=boxes[keep], classes=np.asarray(classes, np.int32)[keep])
-            if len(record.boxes) == 0:
-                stats["images_without_annotations"] += 1
-                if not keep_empty:
-                    continue
-            records.append(record)
+            record = make_record(image_id_from_odgt_id(odgt_id, line_index), path, height, width, xywh, classes,
+                                 stats, keep_empty)
+            if record is not None:
+                records.append(record)
     records = drop_missing_images(records, stats)
     dataset = DetectionDataset(records=records, class_names=class_names,
                                category_ids=[-1] + list(range(1, len(class_names))),

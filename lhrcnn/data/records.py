@@ -124,6 +124,19 @@ def clean_boxes(xywh, height, width, stats):
     return clipped.astype(np.float32), keep
 
 
+def make_record(image_id, path, height, width, xywh, classes, stats, keep_empty):
+    """An ImageRecord of cleaned boxes (see clean_boxes), or None when it has no box left and
+    `keep_empty` is false; images without boxes are counted either way."""
+    boxes, keep = clean_boxes(xywh, height, width, stats)
+    record = ImageRecord(image_id=image_id, path=path, height=height, width=width, boxes=boxes[keep],
+                         classes=np.asarray(classes, np.int32)[keep])
+    if len(record.boxes) == 0:
+        stats["images_without_annotations"] += 1
+        if not keep_empty:
+            return None
+    return record
+
+
 def drop_missing_images(records, stats):
     """Records whose file exists; each missing file is counted and (the first few) named in a warning."""
     kept = []
