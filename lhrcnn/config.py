@@ -111,7 +111,8 @@ class Config:
     # --- training
     train_batch_per_gpu = 2
     basic_lr = 5e-4 * 2 * 1.25      # per replica; lr = basic_lr x replicas
-    momentum = 0.9
+    optimizer = "momentum"          # "momentum" (the original: SGD + momentum) | "adam"
+    momentum = 0.9                  # SGD momentum; Adam's beta_1 when optimizer == "adam"
     weight_decay = 1e-4
     nr_image_per_epoch = 80000
     max_epoch = 30
@@ -119,6 +120,7 @@ class Config:
     warmup_factor = 1.0 / 3.0
     lr_stages = ((19, 1.0), (25, 0.1), (30, 0.01))  # (end epoch, lr factor)
     ema_decay = 0.0                 # > 0 keeps an exponential moving average of the weights
+    precise_bn_batches = 0          # > 0: recompute trained BNs' statistics over this many batches at the end
     gradient_clip_norm = None       # clip the global gradient norm (None: the original, no clipping)
     ops_backend = None              # None | "custom" | "tf" for the custom ops
 
@@ -172,6 +174,8 @@ class Config:
              f"large_separable_out_channels ({self.large_separable_out_channels}) must be divisible by "
              f"ps_group_size² ({self.ps_group_size ** 2})")
         need(self.ops_backend in (None, "custom", "tf"), f"ops_backend must be None, 'custom' or 'tf'")
+        need(self.optimizer in ("momentum", "adam"), f"optimizer must be 'momentum' or 'adam', got {self.optimizer!r}")
+        need(int(self.precise_bn_batches) >= 0, "precise_bn_batches must be >= 0")
         need(self.train_batch_per_gpu >= 1, "train_batch_per_gpu must be >= 1")
         need(self.box_offset in (0.0, 1.0), "box_offset must be 0.0 or 1.0")
 

@@ -1,10 +1,11 @@
 """Benchmarks: prints a table per section and writes all results to a json file.
 
-  python scripts/benchmark.py [--sections ops --sections models] [--models r101,xception,synthetic]
+  python scripts/benchmark.py [--sections ops --sections models --sections throughput] [--models r101,xception,synthetic]
                               [--repeats 15] [--peer] [--json output/benchmark.json]
 
 Sections: ops (custom ops against stock-TF formulations), models (whole detectors: latency, GFLOP,
-floor, stage split, training step). --peer also measures TF Model Garden's Faster R-CNN
+floor, stage split, training step), throughput (training images/s of the default and R-101
+experiments, the input pipeline alone, evaluation images/s). Default: all three. --peer also measures TF Model Garden's Faster R-CNN
 R-50-FPN in a separate environment (installed on first use). Targets are reported, never asserted.
 """
 import json
@@ -17,7 +18,10 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-FLAGS = flags.DEFINE_multi_string("sections", ["ops", "models"], "Sections to run: ops, models.")
+FLAGS = flags.DEFINE_multi_string("sections", ["ops", "models", "throughput"],
+                                  "Sections to run: ops, models, throughput.")
+TRAIN_STEPS = flags.DEFINE_integer("train_steps", 30, "Timed training steps of the default model (throughput).")
+R101_STEPS = flags.DEFINE_integer("r101_steps", 2, "Timed training steps of R-101 at 800x1333 (0 = skip).")
 MODELS = flags.DEFINE_list("models", ["r101", "xception", "synthetic"], "Models of the models section.")
 PEER = flags.DEFINE_boolean("peer", False, "Also time TF Model Garden's Faster R-CNN R-50-FPN (models section).")
 REPEATS = flags.DEFINE_integer("repeats", 15, "Timed repetitions per case (median reported).")
@@ -31,6 +35,9 @@ OPS_COLUMNS = [("case", "case", "{}"), ("baseline", "baseline", "{}"), ("op_ms",
 MODEL_COLUMNS = [("model", "model", "{}"), ("input", "input", "{}"), ("latency_s", "latency s", "{:.3f}"),
                  ("gflop", "GFLOP", "{:.1f}"), ("floor_s", "floor s", "{:.3f}"), ("x_floor", "x floor", "{:.2f}"),
                  ("train_step_s", "train step s", "{:.2f}")]
+THROUGHPUT_COLUMNS = [("what", "what", "{}"), ("input", "input (short/max or HxW)", "{}"),
+                      ("images_per_s", "images/s", "{:.2f}"), ("s_per_step", "s/step", "{:.3f}"),
+                      ("images_per_step", "images/step", "{}"), ("x_training", "x training", "{:.0f}x")]
 STAGE_COLUMNS = [("model", "model", "{}")] + [
     (f"{s}_{u}", f"{s} {'%' if u == 'pct' else 'ms'}", "{:.1f}")
     for s in ("backbone", "rpn_proposals", "thin_map", "rcnn_subnet", "postprocess") for u in ("ms", "pct")]
@@ -67,8 +74,17 @@ def main(argv):
             if peer:
                 print("\npeer (TF Model Garden, same run):", ", ".join(f"{k} {v:.3g}" for k, v in peer.items()))
             results["models"] = {"rows": rows, **extra}
+        elif section == "throughput":
+            from lhrcnn.bench import throughput_bench
+            rows, extra = throughput_bench.run(train_steps=TRAIN_STEPS.value, r101_steps=R101_STEPS.value)
+            print(f"\n== throughput ({os.cpu_count()} cores; training on one replica) ==")
+            print(format_table(rows, THROUGHPUT_COLUMNS))
+            ratio = extra["pipeline_vs_training"]
+            print(f"input pipeline / training consumption: {ratio:.1f}x (target >= 3x: "
+                  f"{'met' if ratio >= 3 else 'NOT met'})")
+            results["throughput"] = {"rows": rows, **extra}
         else:
-            raise app.UsageError(f"unknown section {section!r} (known: ops, models)")
+            raise app.UsageError(f"unknown section {section!r} (known: ops, models, throughput)")
     os.makedirs(os.path.dirname(os.path.abspath(JSON.value)), exist_ok=True)
     tmp = JSON.value + ".tmp"
     with open(tmp, "w") as f:

@@ -17,7 +17,8 @@ DETERMINISTIC = dict(rpn_batch_size=10 ** 6, rpn_fg_fraction=1.0, roi_batch_size
                      train_rpn_pre_nms_top_n=300, train_rpn_post_nms_top_n=32, ohem_top_k=16,
                      train_batch_per_gpu=2, warmup_iters=10, nr_image_per_epoch=20, lr_stages=((2, 1.0), (3, 0.1)),
                      # the mechanisms under test, whatever the experiment sets
-                     gradient_multipliers={"conv_new": 3.0}, gradient_clip_norm=None)
+                     gradient_multipliers={"conv_new": 3.0}, gradient_clip_norm=None, optimizer="momentum",
+                     precise_bn_batches=0)
 
 
 def test_schedule_values_at_the_boundaries():
@@ -74,6 +75,34 @@ def test_one_step_matches_a_hand_computed_sgd_update(tmp_path):
         np.testing.assert_allclose(v.numpy(), want, rtol=1e-4, atol=1e-6, err_msg=v.name)
         checked += 1
     assert checked == len([g for g in grads if g is not None]) > 100
+
+
+def test_one_step_matches_a_hand_computed_adam_update(tmp_path):
+    tf.keras.utils.set_random_seed(0)
+    fn, batch = _batch_fn()
+    options = dict(DETERMINISTIC, optimizer="adam", basic_lr=1e-3, momentum=0.9)
+    trainer = Trainer(SYNTHETIC, output_dir=str(tmp_path), train_dataset=fn, total_steps=1, **options)
+    before = [v.numpy() for v in trainer.variables]
+    with tf.GradientTape() as tape:
+        total = trainer.detector.compute_losses({k: tf.constant(v) for k, v in batch.items()})["total"]
+    grads = tape.gradient(total, trainer.variables)
+    trainer.train()
+    lr = 1e-3 * trainer.config.warmup_factor
+    beta_2, eps = 0.999, 1e-7  # Keras Adam defaults
+    checked = 0
+    for v, g, w0, decay, mult in zip(trainer.variables, grads, before, trainer.decay, trainer.multipliers):
+        if g is None:
+            continue
+        g = mult * (g.numpy() + decay * w0)
+        # step 1: m = (1 - b1) g, v = (1 - b2) g², alpha = lr sqrt(1 - b2) / (1 - b1)
+        want = w0 - lr * np.sqrt(1 - beta_2) * g / (np.sqrt(1 - beta_2) * np.abs(g) + eps)
+        # Adam normalises by |g|: where g is at float-noise level (two evaluations of the same
+        # gradient differ in their last bits) only the bound |update| <= lr is defined.
+        clear = np.abs(g) > 1e-4 * np.abs(g).max()
+        np.testing.assert_allclose(v.numpy()[clear], want[clear], rtol=1e-4, atol=1e-6, err_msg=v.name)
+        assert np.all(np.abs(v.numpy() - w0) <= lr * 1.0001), v.name
+        checked += 1
+    assert checked > 100
 
 
 def test_resume_continues_from_the_last_checkpoint(tmp_path):

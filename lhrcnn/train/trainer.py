@@ -4,8 +4,10 @@ Per replica: losses of its batch (`detector.compute_losses`), scaled by 1/replic
 gradient is the mean; L2 weight decay `weight_decay · w` added to the gradient of conv/fc kernels
 only, once overall (the original added its regulariser on one tower); gradients of variables
 whose name contains a `gradient_multipliers` key scaled (the original's x3 on `conv_new*`);
-SGD with momentum; learning rate `basic_lr · replicas` with warm-up and a multi-stage policy.
+SGD with momentum (or Adam, `optimizer="adam"`); learning rate `basic_lr · replicas` with warm-up and a multi-stage policy.
 Checkpoints every `checkpoint_every` steps and at the end; a restart resumes from the latest.
+Before the final checkpoint, `precise_bn_batches > 0` recomputes the trained BNs' moving statistics
+(lhrcnn/train/precise_bn.py); intermediate checkpoints keep the EMA statistics.
 """
 import os
 import time
@@ -18,6 +20,7 @@ from lhrcnn.config import load_config, load_network_module
 from lhrcnn.keras import keras
 from lhrcnn.progress import Progress
 from lhrcnn.train.checkpoints import TrainingCheckpoints, initialize_from
+from lhrcnn.train.precise_bn import recompute_batch_norm_statistics
 from lhrcnn.train.schedules import WarmupMultiStageLR
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -64,9 +67,11 @@ class Trainer:
         self.log_every_seconds = log_every_seconds
         with self.strategy.scope():
             self.detector = load_network_module(experiment_dir).build_network(c).build_with_dummy_input()
-            self.optimizer = keras.optimizers.SGD(
-                learning_rate=self.schedule, momentum=c.momentum,
-                use_ema=c.ema_decay > 0, ema_momentum=c.ema_decay if c.ema_decay > 0 else 0.99)
+            ema = dict(use_ema=c.ema_decay > 0, ema_momentum=c.ema_decay if c.ema_decay > 0 else 0.99)
+            if c.optimizer == "adam":
+                self.optimizer = keras.optimizers.Adam(learning_rate=self.schedule, beta_1=c.momentum, **ema)
+            else:
+                self.optimizer = keras.optimizers.SGD(learning_rate=self.schedule, momentum=c.momentum, **ema)
             self.variables = list(self.detector.trainable_variables)
             self.optimizer.build(self.variables)
         self.decay = [c.weight_decay if is_decayed(v) else 0.0 for v in self.variables]
@@ -159,6 +164,11 @@ class Trainer:
                     tf.summary.scalar("learning_rate", lr)
             if step % self.checkpoint_every == 0 and step != self.total_steps:
                 self.checkpoints.save(step)
+        if c.precise_bn_batches:
+            t1 = time.time()
+            n = recompute_batch_norm_statistics(self.detector, iterator, int(c.precise_bn_batches), self.strategy)
+            print(f"precise BN: statistics of {n} BN layers recomputed over {c.precise_bn_batches} batches "
+                  f"in {time.time() - t1:.0f} s", flush=True)
         path = self.checkpoints.save(step)
         writer.flush()
         seconds = time.time() - t0

@@ -1,0 +1,121 @@
+"""Throughput benchmark (issue #4): training images/s of the default experiment (real synthetic
+images through the tf.data pipeline, the Trainer's own distributed step) and of the R-101
+experiment at 800x1333, the input pipeline's images/s alone (it must deliver >= 3x what training
+consumes), and evaluation images/s (inference + COCO conversion, batch 1).
+
+Data: the main job's data/synthetic/{train,val} when present, else a small synthetic set written
+to `work_dir` (generated once, then reused)."""
+import os
+import tempfile
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from lhrcnn.bench.model_bench import R101, SYNTHETIC
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _synthetic_split(name, num_images, seed, work_dir):
+    """(annotations.json, images dir) of data/synthetic/<name>, else a generated small set."""
+    from lhrcnn.data import synthetic
+    main = os.path.join(ROOT, "data", "synthetic", name)
+    if os.path.isfile(os.path.join(main, "annotations.json")):
+        return os.path.join(main, "annotations.json"), os.path.join(main, "images")
+    out = os.path.join(work_dir, name)
+    if not synthetic.is_complete(out, num_images, seed):
+        synthetic.write_dataset(out, num_images, seed)
+    return os.path.join(out, "annotations.json"), os.path.join(out, "images")
+
+
+def _load(annotations, images, config):
+    from lhrcnn.data.coco import load_coco
+    return load_coco(annotations, images, class_names=config.class_names)
+
+
+def _timed_steps(step, warmup, steps):
+    for _ in range(warmup):
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - start) / steps
+
+
+def training_throughput(experiment, steps, warmup=3, train_dataset=None, **overrides):
+    """(images/s, seconds/step, images/step) of the Trainer's step on one replica."""
+    from lhrcnn.train.trainer import Trainer
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(experiment, output_dir=tmp, train_dataset=train_dataset, **overrides)
+        iterator = iter(trainer.distributed_dataset(seed=0))
+        seconds = _timed_steps(lambda: float(trainer._train_step(iterator)["total"]), warmup, steps)
+    return trainer.global_batch / seconds, seconds, trainer.global_batch
+
+
+def _constant_batches(height, width, batch, num_classes, seed=0):
+    """A dataset fn (as Trainer's train_dataset) repeating one batch of zero images of the given
+    size with random boxes: with random (not ImageNet) weights and frozen BN, R-101 overflows on
+    real images; the convolutions cost the same for any values."""
+    rng = np.random.default_rng(seed)
+    m = 8
+    xy = rng.uniform(0, 0.7, (batch, m, 2)) * [width, height]
+    wh = rng.uniform(0.05, 0.3, (batch, m, 2)) * [width, height]
+    element = {"images": np.zeros((batch, height, width, 3), np.float32),
+               "image_info": np.tile(np.array([[height, width, 1.0, height, width]], np.float32), (batch, 1)),
+               "gt_boxes": np.concatenate([xy, xy + wh], -1).astype(np.float32),
+               "gt_classes": rng.integers(1, num_classes, (batch, m)).astype(np.int32),
+               "image_id": np.arange(batch, dtype=np.int64)}
+
+    def fn(ctx, per_replica, seed):
+        return tf.data.Dataset.from_tensors(element).repeat()
+    return fn
+
+
+def pipeline_throughput(dataset, config, batches, batch_size):
+    """Images/s of the training pipeline alone (decode, resize, flip, pad, batch)."""
+    from lhrcnn.data.pipeline import make_dataset
+    iterator = iter(make_dataset(dataset, config, training=True, batch_size=batch_size, seed=0))
+    seconds = _timed_steps(lambda: next(iterator)["images"].shape, 5, batches)
+    return batch_size / seconds
+
+
+def eval_throughput(experiment, dataset, num_images):
+    """Images/s of evaluation inference (run_inference: detector + COCO conversion, batch 1)."""
+    from lhrcnn.detector import build_detector
+    from lhrcnn.data.pipeline import make_dataset
+    from lhrcnn.evaluation.coco_eval import run_inference
+    detector = build_detector(experiment)
+    dataset.records = dataset.records[:num_images]
+    data = make_dataset(dataset, detector.config, training=False, batch_size=1)
+    _, _, stats = run_inference(detector, data, dataset.category_ids, progress=False)
+    return stats["images_per_second"]
+
+
+def run(train_steps=30, r101_steps=2, pipeline_batches=100, eval_images=60, work_dir=None):
+    from lhrcnn.config import load_config
+    work_dir = work_dir or os.path.join(ROOT, "output", "bench_data")
+    config = load_config(SYNTHETIC)
+    train_files = _synthetic_split("train", 200, 1, work_dir)
+    val_files = _synthetic_split("val", max(eval_images, 60), 2, work_dir)
+    train = _load(*train_files, config)
+    rows = []
+
+    ips, sps, per_step = training_throughput(SYNTHETIC, train_steps, train_dataset=train)
+    pipe = pipeline_throughput(train, config, pipeline_batches, config.train_batch_per_gpu)
+    rows.append(dict(what="train: default (Xception*, synthetic)", input=f"{config.image_short_size}/{config.image_max_size}",
+                     images_per_s=ips, s_per_step=sps, images_per_step=per_step))
+    rows.append(dict(what="input pipeline alone (default)", input=f"{config.image_short_size}/{config.image_max_size}",
+                     images_per_s=pipe, x_training=pipe / ips))
+    val = _load(*val_files, config)
+    rows.append(dict(what="eval: default (inference + COCO results)",
+                     input=f"{config.eval_image_short_size}/{config.eval_image_max_size}",
+                     images_per_s=eval_throughput(SYNTHETIC, val, eval_images)))
+    if r101_steps:
+        r101 = load_config(R101)
+        fn = _constant_batches(800, 1344, r101.train_batch_per_gpu, r101.num_classes)  # 1333 padded to 32
+        ips, sps, per_step = training_throughput(R101, r101_steps, warmup=1, train_dataset=fn,
+                                                 box_delta_clip=float(np.log(1000 / 16)))
+        rows.append(dict(what="train: R-101 PS-RoI-Align (COCO)", input="800x1333", images_per_s=ips,
+                         s_per_step=sps, images_per_step=per_step))
+    return rows, {"train_images": len(train.records), "pipeline_vs_training": rows[1]["x_training"]}
