@@ -6,6 +6,7 @@ thin feature map (or R-FCN score maps), head outputs for given RoIs and the fina
 within 1e-4 relative error. Mismatching checkpoints are errors naming the tensors."""
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import types
@@ -150,31 +151,43 @@ def reference_r101_tensors():
 
 # ----------------------------------------------------------------------------- fixtures
 
+@pytest.fixture(autouse=True)
+def remove_checkpoints_after_the_test(request):
+    """The checkpoints here are large (up to 0.8 GB): a test's tmp_path is removed after it."""
+    folder = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
+    yield
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def r101(tmp_path_factory):
     """The ps_roialign network in TF1 with its full training checkpoint (768 tensors)."""
     net = OriginalNetwork("resnet_v1_101", "light_head", "ps_roi_align", seed=1)
-    prefix = net.save(str(tmp_path_factory.mktemp("tf1_r101") / "epoch_26.ckpt"))
-    yield net, prefix
+    folder = tmp_path_factory.mktemp("tf1_r101")
+    yield net, net.save(str(folder / "epoch_26.ckpt"))
     net.session.close()
+    shutil.rmtree(folder)
 
 
 @pytest.fixture(scope="module")
 def xception(tmp_path_factory):
     """geonseoks' Xception* Light-Head in TF1 with its training state."""
     net = OriginalNetwork("xception_star", "light_head", "ps_roi_align", rpn_channels=256, mid_channels=64, seed=3)
-    prefix = net.save(str(tmp_path_factory.mktemp("tf1_xception") / "epoch_30.ckpt"))
-    yield net, prefix
+    folder = tmp_path_factory.mktemp("tf1_xception")
+    yield net, net.save(str(folder / "epoch_30.ckpt"))
     net.session.close()
+    shutil.rmtree(folder)
 
 
 @pytest.fixture(scope="module")
 def imagenet_r101(tmp_path_factory):
     """The slim ImageNet ResNet-v1-101: backbone, logits, int64 global_step (V2 format)."""
     net = OriginalNetwork("resnet_v1_101", head=None, seed=5)
-    prefix = net.save(str(tmp_path_factory.mktemp("imagenet_r101") / "resnet_v1_101.ckpt"))
-    yield net, prefix
+    folder = tmp_path_factory.mktemp("imagenet_r101")
+    yield net, net.save(str(folder / "resnet_v1_101.ckpt"))
     net.session.close()
+    shutil.rmtree(folder)
 
 
 # ----------------------------------------------------------------------------- tables
