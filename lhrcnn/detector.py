@@ -59,6 +59,11 @@ class TwoStageDetector(keras.Model):
                                                              config.anchor_scales)
 
     # ------------------------------------------------------------------ shared stages
+    def features(self, images, training=False):
+        """The backbone's features as float32 (whatever dtype the backbone computes in)."""
+        features = self.backbone(images, training=training)
+        return {k: v if v.dtype == tf.float32 else tf.cast(v, tf.float32) for k, v in features.items()}
+
     def anchors(self, feature_map):
         """Anchors [H·W·A, 4] of a [B, H, W, C] map, in the RPN's (y, x, a) order."""
         shape = tf.shape(feature_map)
@@ -76,7 +81,7 @@ class TwoStageDetector(keras.Model):
     # ------------------------------------------------------------------ inference
     def call(self, inputs, training=False):
         images, image_info = inputs["images"], inputs["image_info"]
-        features = self.backbone(images, training=training)
+        features = self.features(images, training=training)
         rpn_logits, rpn_deltas = self.rpn(features)
         rois, _, valid = self._proposals(features, rpn_logits, rpn_deltas, image_info, training=False)
         class_logits, box_deltas = self.roi_head(features, rois)
@@ -95,7 +100,7 @@ class TwoStageDetector(keras.Model):
         c = self.config
         images, image_info = batch["images"], batch["image_info"]
         gt_boxes, gt_classes = batch["gt_boxes"], batch["gt_classes"]
-        features = self.backbone(images, training=training)
+        features = self.features(images, training=training)
         rpn_logits, rpn_deltas = self.rpn(features)
         anchors = self.anchors(features[c.rpn_feature])
         labels, box_targets = targets.anchor_targets(

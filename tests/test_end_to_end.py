@@ -1,5 +1,7 @@
 """End to end on small synthetic data (slow, still run in CI): training survives a SIGKILL and
-resumes from its last checkpoint."""
+resumes from its last checkpoint; a few minutes of training through the scripts lift AP50 far
+above chance."""
+import json
 import os
 import signal
 import subprocess
@@ -13,8 +15,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENT = os.path.join(ROOT, "experiments/lhrcnn/light_head_rcnn.xception_star.synthetic")
 
 
-def _make_experiment(tmp_path, train_images, val_images, **fields):
-    """A copy of the synthetic experiment pointing at small datasets in tmp_path."""
+def _make_experiment(tmp_path, train_images, val_images, eval_on_train=False, **fields):
+    """A copy of the synthetic experiment pointing at small datasets in tmp_path (evaluating on the
+    training images when eval_on_train)."""
     for name, count, seed in (("train", train_images, 11), ("val", val_images, 12)):
         subprocess.run([sys.executable, os.path.join(ROOT, "scripts/make_synthetic_dataset.py"), "--output",
                         str(tmp_path / name), "--num-images", str(count), "--seed", str(seed)], check=True,
@@ -25,7 +28,8 @@ def _make_experiment(tmp_path, train_images, val_images, **fields):
         (exp / "network_desp.py").write_text(f.read())
     lines = [f"    {k} = {v!r}" for k, v in dict(
         train_annotations=str(tmp_path / "train/annotations.json"), train_images=str(tmp_path / "train/images"),
-        eval_annotations=str(tmp_path / "val/annotations.json"), eval_images=str(tmp_path / "val/images"),
+        eval_annotations=str(tmp_path / ("train" if eval_on_train else "val") / "annotations.json"),
+        eval_images=str(tmp_path / ("train" if eval_on_train else "val") / "images"),
         **fields).items()]
     (exp / "config.py").write_text(
         "import importlib.util\n"
@@ -66,3 +70,24 @@ def test_training_resumes_after_a_kill(tmp_path):
     log = out.stdout + out.stderr
     assert f"ckpt-{killed_at}" in log and f"steps {killed_at} -> 40" in log, log[-2000:]
     assert tf.train.latest_checkpoint(os.path.join(output, "model_dump")).endswith("ckpt-40")
+
+
+@pytest.mark.slow
+def test_a_few_minutes_of_training_lift_ap50_far_above_chance(tmp_path):
+    """scripts/train.py then scripts/test.py on 8 synthetic images (~40 objects), evaluated on those
+    same images: it checks that the whole chain (pipeline, targets, losses, optimizer, precise BN,
+    inference, COCO conversion) learns, in ~400 steps. Random or constant detections score AP50
+    < 0.01 here; a broken box coding, class mapping or flip convention stays far below 0.5."""
+    exp = _make_experiment(tmp_path, 8, 1, eval_on_train=True, warmup_iters=50, nr_image_per_epoch=80,
+                           max_epoch=10, lr_stages=((8, 1.0), (10, 0.1)), precise_bn_batches=20)
+    output = str(tmp_path / "out")
+    out = subprocess.run(_train_cmd(exp, output, 400, 1000), capture_output=True, text=True, timeout=1200)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "precise BN" in out.stdout
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts/test.py"), "--experiment", exp,
+                          "--output", output], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    with open(os.path.join(output, "eval_dump", "metrics.json")) as f:
+        metrics = json.load(f)
+    assert metrics["images"] == 8
+    assert metrics["AP50"] >= 0.5 and metrics["AP"] >= 0.25, metrics

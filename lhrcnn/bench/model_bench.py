@@ -58,7 +58,7 @@ def bench_inference(detector, height, width, repeats):
     c = detector.config
     x = _inputs(height, width)
     full = tf.function(lambda x: detector(x))
-    backbone = tf.function(lambda images: detector.backbone(images))
+    backbone = tf.function(lambda images: detector.features(images))
     features = backbone(x["images"])
 
     def rpn_and_proposals(features):

@@ -20,7 +20,9 @@ class ExperimentConfig(Config):
     eval_image_max_size = 512
 
     backbone = "xception_star"
-    backbone_options = {"freeze_bn": False, "freeze_stem": False, "bn_momentum": 0.99}
+    # BN momentum 0.9: the moving statistics follow fast-changing from-scratch weights closely
+    # enough for intermediate checkpoints; the final checkpoint gets precise statistics anyway.
+    backbone_options = {"freeze_bn": False, "freeze_stem": False, "bn_momentum": 0.9}
     rpn_feature = "C4"   # block2 output, 288 channels (stride 16)
     head_feature = "C5"  # block3 output, 576 channels (stride 16)
     rpn_channels = 256
@@ -41,7 +43,13 @@ class ExperimentConfig(Config):
     # The main job's schedule: 100 warm-up + 10 "epochs" of 250 steps (2 images each) = 2600
     # steps, about 25 minutes on a 2-core CPU; LR drops after epochs 7 and 9.
     train_batch_per_gpu = 2
-    basic_lr = 0.01
+    # From scratch on a 25-minute budget: Adam converges far faster than the original's momentum
+    # SGD, and precise BN statistics (recomputed over 50 batches after the last step) remove the
+    # gap between the training-mode and the inference-mode network that lagging moving averages
+    # leave (measured after 400 steps on 8 images: AP 0.067 -> 0.671 on those images).
+    optimizer = "adam"
+    basic_lr = 0.001
+    precise_bn_batches = 50
     # Trained from scratch, the thin map's ReLU dies (all zeros) within a few hundred steps with the
     # original's head (N(0, 0.01) init, x3 gradients, no normalisation): every thin-map pixel
     # collects gradient from hundreds of RoI bins while the backbone underneath shifts. These
