@@ -26,6 +26,9 @@ STEPS = flags.DEFINE_integer("steps", None, "Total steps (default: the config's 
 OUTPUT = flags.DEFINE_string("output", None, "Output folder (default output/<user>/<experiment>).")
 CKPT_EVERY = flags.DEFINE_integer("checkpoint_every", 500, "Steps between checkpoints.")
 LOG_EVERY = flags.DEFINE_float("log_every", 10.0, "Seconds between progress lines.")
+flags.DEFINE_alias("init-checkpoint", "init_checkpoint")
+flags.DEFINE_alias("checkpoint-every", "checkpoint_every")
+flags.DEFINE_alias("log-every", "log_every")
 
 
 def main(argv):
