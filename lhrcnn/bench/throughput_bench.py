@@ -81,15 +81,21 @@ def pipeline_throughput(dataset, config, batches, batch_size):
 
 
 def eval_throughput(experiment, dataset, num_images):
-    """Images/s of evaluation inference (run_inference: detector + COCO conversion, batch 1)."""
-    from lhrcnn.detector import build_detector
+    """(images/s of evaluation inference (run_inference: detector + COCO conversion, batch 1),
+    weights used): the main job's trained checkpoint when there is one (its detections are what
+    post-processing sees in practice), else random weights."""
+    from lhrcnn.config import load_config
+    from lhrcnn.detector import build_detector, load_detector
     from lhrcnn.data.pipeline import make_dataset
     from lhrcnn.evaluation.coco_eval import run_inference
-    detector = build_detector(experiment)
+    output = load_config(experiment).output_dir(experiment)
+    checkpoint = tf.train.latest_checkpoint(os.path.join(output if os.path.isabs(output) else os.path.join(ROOT, output),
+                                                         "model_dump"))
+    detector = load_detector(experiment, checkpoint=checkpoint) if checkpoint else build_detector(experiment)
     dataset.records = dataset.records[:num_images]
     data = make_dataset(dataset, detector.config, training=False, batch_size=1)
     _, _, stats = run_inference(detector, data, dataset.category_ids, progress=False)
-    return stats["images_per_second"]
+    return stats["images_per_second"], checkpoint or "random weights"
 
 
 def run(train_steps=30, r101_steps=2, pipeline_batches=100, eval_images=60, work_dir=None):
@@ -108,9 +114,9 @@ def run(train_steps=30, r101_steps=2, pipeline_batches=100, eval_images=60, work
     rows.append(dict(what="input pipeline alone (default)", input=f"{config.image_short_size}/{config.image_max_size}",
                      images_per_s=pipe, x_training=pipe / ips))
     val = _load(*val_files, config)
-    rows.append(dict(what="eval: default (inference + COCO results)",
-                     input=f"{config.eval_image_short_size}/{config.eval_image_max_size}",
-                     images_per_s=eval_throughput(SYNTHETIC, val, eval_images)))
+    eval_ips, weights = eval_throughput(SYNTHETIC, val, eval_images)
+    rows.append(dict(what="eval: default (inference + COCO results, batch 1)",
+                     input=f"{config.eval_image_short_size}/{config.eval_image_max_size}", images_per_s=eval_ips))
     if r101_steps:
         r101 = load_config(R101)
         fn = _constant_batches(800, 1344, r101.train_batch_per_gpu, r101.num_classes)  # 1333 padded to 32
@@ -118,4 +124,5 @@ def run(train_steps=30, r101_steps=2, pipeline_batches=100, eval_images=60, work
                                                  box_delta_clip=float(np.log(1000 / 16)))
         rows.append(dict(what="train: R-101 PS-RoI-Align (COCO)", input="800x1333", images_per_s=ips,
                          s_per_step=sps, images_per_step=per_step))
-    return rows, {"train_images": len(train.records), "pipeline_vs_training": rows[1]["x_training"]}
+    return rows, {"train_images": len(train.records), "pipeline_vs_training": rows[1]["x_training"],
+                  "eval_weights": weights}
