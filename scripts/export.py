@@ -19,7 +19,7 @@ config's eval_annotations (else COCO's ids for COCO's classes, else the class in
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -97,14 +97,20 @@ def run():
         raise UserError(str(e)) from None
     print(f"wrote {path}\n  signatures: serving_default (images uint8 [N, H, W, 3]), serve_bytes (image_bytes "
           f"string [N])\n  category ids from {source}")
-    print(f"serve it: docker run -p 8500:8500 -p 8501:8501 -v {output}:/models/{os.path.basename(output)} "
-          f"-e MODEL_NAME={os.path.basename(output)} tensorflow/serving:2.20.0"
-          + ("  (a stock server cannot load --ops custom; see the README)" if OPS.value == "custom" else ""))
+    name = os.path.basename(output)
+    if OPS.value == "custom":
+        print("serve it with a tensorflow_model_server built with //ops:lhrcnn_ops (README: \"Linking the ops into "
+              "tensorflow_model_server\"); a stock server cannot load it")
+    else:
+        print(f"serve it: docker run -p 8500:8500 -p 8501:8501 -v {output}:/models/{name} -e MODEL_NAME={name} "
+              "tensorflow/serving:2.20.0")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:  # TF's INFO lines about saving are noise here
+        logging.set_verbosity(logging.WARNING)
     from lhrcnn.evaluation.paths import UserError
     try:
         run()
