@@ -85,9 +85,10 @@ def test_a_few_minutes_of_training_lift_ap50_far_above_chance(tmp_path):
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "precise BN" in out.stdout
     out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts/test.py"), "--experiment", exp,
-                          "--output", output], capture_output=True, text=True, timeout=600)
+                          "--checkpoint", os.path.join(output, "model_dump"), "--output", os.path.join(output, "eval")],
+                         capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    with open(os.path.join(output, "eval_dump", "metrics.json")) as f:
+    with open(os.path.join(output, "eval", "metrics.json")) as f:
         metrics = json.load(f)
     assert metrics["images"] == 8
     assert metrics["AP50"] >= 0.5 and metrics["AP"] >= 0.25, metrics
