@@ -1,11 +1,12 @@
 """Benchmarks: prints a table per section and writes all results to a json file.
 
-  python scripts/benchmark.py [--sections ops --sections models --sections throughput] [--models r101,xception,synthetic]
+  python scripts/benchmark.py [--sections ops --sections models --sections throughput --sections export] [--models r101,xception,synthetic]
                               [--repeats 15] [--peer] [--json output/benchmark.json]
 
 Sections: ops (custom ops against stock-TF formulations), models (whole detectors: latency, GFLOP,
 floor, stage split, training step), throughput (training images/s of the default and R-101
-experiments, the input pipeline alone, evaluation images/s). Default: all three. --peer also measures TF Model Garden's Faster R-CNN
+experiments, the input pipeline alone, evaluation images/s), export (the SavedModel's latency with
+stock and custom ops, batch 1 and 8, next to the in-process detector). Default: all four. --peer also measures TF Model Garden's Faster R-CNN
 R-50-FPN in a separate environment (installed on first use). Targets are reported, never asserted.
 """
 import json
@@ -18,8 +19,8 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-FLAGS = flags.DEFINE_multi_string("sections", ["ops", "models", "throughput"],
-                                  "Sections to run: ops, models, throughput.")
+FLAGS = flags.DEFINE_multi_string("sections", ["ops", "models", "throughput", "export"],
+                                  "Sections to run: ops, models, throughput, export.")
 TRAIN_STEPS = flags.DEFINE_integer("train_steps", 30, "Timed training steps of the default model (throughput).")
 R101_STEPS = flags.DEFINE_integer("r101_steps", 2, "Timed training steps of R-101 at 800x1333 (0 = skip).")
 MODELS = flags.DEFINE_list("models", ["r101", "xception", "synthetic"], "Models of the models section.")
@@ -83,8 +84,15 @@ def main(argv):
             print(f"input pipeline / training consumption: {ratio:.1f}x (target >= 3x: "
                   f"{'met' if ratio >= 3 else 'NOT met'})")
             results["throughput"] = {"rows": rows, **extra}
+        elif section == "export":
+            from lhrcnn.bench import export_bench
+            rows, extra = export_bench.run(repeats=max(3, REPEATS.value // 2))
+            print(f"\n== export ({extra['input']} -> eval {extra['eval_size']}, {extra['cpus']} cores) ==")
+            print(format_table(rows, export_bench.COLUMNS))
+            print(extra["note"])
+            results["export"] = {"rows": rows, **extra}
         else:
-            raise app.UsageError(f"unknown section {section!r} (known: ops, models, throughput)")
+            raise app.UsageError(f"unknown section {section!r} (known: ops, models, throughput, export)")
     os.makedirs(os.path.dirname(os.path.abspath(JSON.value)), exist_ok=True)
     tmp = JSON.value + ".tmp"
     with open(tmp, "w") as f:

@@ -1,6 +1,6 @@
 """The main job (`make demo`) on the embedded default: generate the synthetic dataset, train the
-default experiment, evaluate it with COCO mAP, draw detections for a few validation images, and
-print the result. Every step is one of the user-facing scripts, run as a subprocess; each is
+default experiment, evaluate it with COCO mAP, draw detections for a few validation images, export
+it as a SavedModel for TF Serving (`<output>/export/<version>/`, stock TF ops), and print the result. Every step is one of the user-facing scripts, run as a subprocess; each is
 idempotent or resumable, so re-running after an interruption continues where it stopped.
 
   python scripts/run_main_job.py [--experiment DIR] [--train_images 2000] [--val_images 200]
@@ -33,6 +33,22 @@ def step(title, args, timings):
     timings[title] = time.time() - start
 
 
+def _exported_version(export_dir, model_dump):
+    """The version folder under export_dir exported from model_dump's latest checkpoint, or None."""
+    import tensorflow as tf
+    export_dir, model_dump = (p if os.path.isabs(p) else os.path.join(ROOT, p) for p in (export_dir, model_dump))
+    latest = tf.train.latest_checkpoint(model_dump)
+    if not latest or not os.path.isdir(export_dir):
+        return None
+    for name in sorted(os.listdir(export_dir), key=lambda n: int(n) if n.isdigit() else -1, reverse=True):
+        info = os.path.join(export_dir, name, "assets.extra", "export_info.json")
+        if name.isdigit() and os.path.isfile(info):
+            with open(info) as f:
+                if json.load(f).get("checkpoint") == os.path.abspath(latest):
+                    return os.path.join(export_dir, name)
+    return None
+
+
 def main(argv):
     del argv
     from lhrcnn.config import load_config
@@ -59,6 +75,14 @@ def main(argv):
     images = [os.path.join(ROOT, config.eval_images, n) for n in names]
     step("draw detections", ["scripts/demo.py", "--experiment", experiment, "--checkpoint", model_dump,
                              "--output", os.path.join(output, "demo")] + images, timings)
+    export_dir = os.path.join(output, "export")
+    exported = _exported_version(export_dir, model_dump)
+    if exported:
+        print(f"\n=== SavedModel export\nalready exported: {exported} (this checkpoint)")
+    else:
+        step("SavedModel export", ["scripts/export.py", "--experiment", experiment, "--checkpoint", model_dump,
+                                   "--output", export_dir], timings)
+        exported = _exported_version(export_dir, model_dump)
     with open(os.path.join(output, "eval_dump", "metrics.json")) as f:
         metrics = json.load(f)
     print("\n=== result")
@@ -67,7 +91,7 @@ def main(argv):
         print(f"  {name:6s} {metrics[name]:.3f}")
     print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
           + f"; total {time.time() - started:.0f} s")
-    print("SavedModel export joins the main job with scripts/export.py (issue #6).")
+    print(f"SavedModel for TF Serving: {exported}")
 
 
 if __name__ == "__main__":
