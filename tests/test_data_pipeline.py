@@ -228,6 +228,7 @@ def test_bad_images_are_skipped_named_and_counted(images, tmp_path, caplog):
         assert str(path) in caplog.text
         assert str(path) in stats.failed_files
     assert "not a JPEG" in stats.failed_files[str(text)] and "decoding failed" in stats.failed_files[str(truncated)]
+    assert "not a JPEG" in stats.failed_files[str(empty)]  # shorter than a signature: not an image, not a crash
     assert stats.failures == 4 and stats.as_dict()["failed_files"] == 4
     assert "failed_files 4" in stats.summary()
 

@@ -100,7 +100,8 @@ def resized_shape(height, width, short_size, max_size):
 
 def _is_supported_image(raw):
     """True if the bytes start with a JPEG, PNG, GIF, BMP or WebP signature."""
-    head = tf.strings.substr(raw, 0, 12)
+    # The first 12 bytes, zero-padded: substr past the end of a shorter file would raise.
+    head = tf.strings.join([tf.strings.substr(raw, 0, 12), b"\0" * 12])
     return (tf.io.is_jpeg(raw)
             | tf.equal(tf.strings.substr(head, 0, 8), b"\x89PNG\r\n\x1a\n")
             | tf.equal(tf.strings.substr(head, 0, 4), b"GIF8")
