@@ -87,18 +87,23 @@ def bench_inference(detector, height, width, repeats):
     return times, gflop, int(rois.shape[0])
 
 
+def random_ground_truth(rng, batch, height, width, num_classes, per_image=8):
+    """(gt_boxes [batch, per_image, 4] float32, gt_classes [batch, per_image] int32): random boxes
+    of 5-30% of the image side, for timing training steps."""
+    xy = rng.uniform(0, 0.7, (batch, per_image, 2)) * [width, height]
+    wh = rng.uniform(0.05, 0.3, (batch, per_image, 2)) * [width, height]
+    return (np.concatenate([xy, xy + wh], -1).astype(np.float32),
+            rng.integers(1, num_classes, (batch, per_image)).astype(np.int32))
+
+
 def bench_training_step(detector, height, width, repeats):
     """Seconds per optimizer step on one replica's batch (config.train_batch_per_gpu images)."""
     c = detector.config
     # Zero images: with random (not ImageNet) weights and frozen BN, R-101's activations grow ~10x
     # per block and overflow on real inputs; the dense convolutions cost the same for any values.
     batch = _inputs(height, width, batch=c.train_batch_per_gpu, seed=1, scale=0.0)
-    rng = np.random.default_rng(2)
-    m = 8
-    xy = rng.uniform(0, 0.7, (c.train_batch_per_gpu, m, 2)) * [width, height]
-    wh = rng.uniform(0.05, 0.3, (c.train_batch_per_gpu, m, 2)) * [width, height]
-    batch["gt_boxes"] = tf.constant(np.concatenate([xy, xy + wh], -1).astype(np.float32))
-    batch["gt_classes"] = tf.constant(rng.integers(1, c.num_classes, (c.train_batch_per_gpu, m)).astype(np.int32))
+    boxes, classes = random_ground_truth(np.random.default_rng(2), c.train_batch_per_gpu, height, width, c.num_classes)
+    batch["gt_boxes"], batch["gt_classes"] = tf.constant(boxes), tf.constant(classes)
     optimizer = tf.keras.optimizers.SGD(1e-4, momentum=0.9)
 
     @tf.function

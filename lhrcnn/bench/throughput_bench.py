@@ -12,7 +12,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from lhrcnn.bench.model_bench import R101, SYNTHETIC
+from lhrcnn.bench.model_bench import R101, SYNTHETIC, random_ground_truth
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -57,14 +57,10 @@ def _constant_batches(height, width, batch, num_classes, seed=0):
     """A dataset fn (as Trainer's train_dataset) repeating one batch of zero images of the given
     size with random boxes: with random (not ImageNet) weights and frozen BN, R-101 overflows on
     real images; the convolutions cost the same for any values."""
-    rng = np.random.default_rng(seed)
-    m = 8
-    xy = rng.uniform(0, 0.7, (batch, m, 2)) * [width, height]
-    wh = rng.uniform(0.05, 0.3, (batch, m, 2)) * [width, height]
+    boxes, classes = random_ground_truth(np.random.default_rng(seed), batch, height, width, num_classes)
     element = {"images": np.zeros((batch, height, width, 3), np.float32),
                "image_info": np.tile(np.array([[height, width, 1.0, height, width]], np.float32), (batch, 1)),
-               "gt_boxes": np.concatenate([xy, xy + wh], -1).astype(np.float32),
-               "gt_classes": rng.integers(1, num_classes, (batch, m)).astype(np.int32),
+               "gt_boxes": boxes, "gt_classes": classes,
                "image_id": np.arange(batch, dtype=np.int64)}
 
     def fn(ctx, per_replica, seed):
