@@ -48,6 +48,8 @@ class Config:
     eval_image_max_size = 1333
     size_divisor = 32               # padded image sizes are multiples of this
     max_boxes_of_image = 100
+    group_by_aspect_ratio = False   # training batches of landscape / portrait images apart (less padding)
+    cache_decoded_images = False    # keep decoded training images in memory (small datasets only)
     filter_gt_ignore_label = True   # drop crowd / ignored GT
 
     # --- backbone
@@ -100,6 +102,8 @@ class Config:
     roi_bg_threshold_low = 0.0
     roi_append_gt = True
     ohem_top_k = 512                # per replica (the original's per-GPU 256 x 2); 0 disables OHEM
+    loss_normalization = "replica"  # "replica": losses/OHEM over a replica's images together (the original's
+                                    # towers); "image": per image, then averaged (replica-count invariant)
     rcnn_box_loss_weight = 2.0
     gradient_multipliers = {"conv_new": 3.0}  # variable-name substring -> gradient scale
 

@@ -107,7 +107,9 @@ class TwoStageDetector(keras.Model):
             anchors, gt_boxes, gt_classes, image_info, positive_overlap=c.rpn_positive_overlap,
             negative_overlap=c.rpn_negative_overlap, batch_size=c.rpn_batch_size, fg_fraction=c.rpn_fg_fraction,
             allowed_border=c.rpn_allowed_border, offset=c.box_offset)
-        rpn_cls, rpn_box = losses.rpn_losses(rpn_logits, rpn_deltas, labels, box_targets, sigma=c.rpn_box_sigma)
+        per_image = c.loss_normalization == "image"
+        rpn_cls, rpn_box = losses.rpn_losses(rpn_logits, rpn_deltas, labels, box_targets, sigma=c.rpn_box_sigma,
+                                             per_image=per_image)
         rois, _, valid = self._proposals(features, rpn_logits, rpn_deltas, image_info, training=True)
         rois, roi_labels, roi_box_targets, sample_valid = targets.roi_targets(
             rois, valid, gt_boxes, gt_classes, c.num_classes, batch_size_per_image=c.roi_batch_size_per_image,
@@ -116,14 +118,21 @@ class TwoStageDetector(keras.Model):
             means=c.bbox_means, stds=c.bbox_stds, class_specific=c.class_specific_regression, offset=c.box_offset)
         rois = tf.stop_gradient(rois)
         class_logits, box_deltas = self.roi_head(features, rois, training=training)
+        # "image": every image's losses normalised alone (OHEM keeps ohem_top_k / images per image),
+        # then averaged: R replicas of B/R images then equal one device with B images.
+        per_image_args = dict(image_index=tf.cast(rois[:, 0], tf.int32), num_images=tf.shape(images)[0]) \
+            if per_image else {}
         if c.ohem_top_k > 0:
+            top_k = max(1, c.ohem_top_k // c.train_batch_per_gpu) if per_image else c.ohem_top_k
             rcnn_cls, rcnn_box = losses.ohem_rcnn_losses(
-                class_logits, box_deltas, roi_labels, roi_box_targets, sample_valid, top_k=c.ohem_top_k,
-                box_loss_weight=c.rcnn_box_loss_weight, class_specific=c.class_specific_regression)
+                class_logits, box_deltas, roi_labels, roi_box_targets, sample_valid, top_k=top_k,
+                box_loss_weight=c.rcnn_box_loss_weight, class_specific=c.class_specific_regression,
+                **per_image_args)
         else:
             rcnn_cls, rcnn_box = losses.rcnn_losses(
                 class_logits, box_deltas, roi_labels, roi_box_targets, sample_valid,
-                box_loss_weight=c.rcnn_box_loss_weight, class_specific=c.class_specific_regression)
+                box_loss_weight=c.rcnn_box_loss_weight, class_specific=c.class_specific_regression,
+                **per_image_args)
         out = {"rpn_cls": rpn_cls, "rpn_box": rpn_box, "rcnn_cls": rcnn_cls, "rcnn_box": rcnn_box}
         out["total"] = tf.add_n(list(out.values()))
         return out

@@ -19,12 +19,15 @@ def _softmax_ce(logits, labels):
     return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.maximum(labels, 0), logits=logits)
 
 
-def rpn_losses(objectness_logits, box_deltas, labels, box_targets, sigma=3.0):
-    """RPN classification and box losses over the anchors of all images of the batch.
+def rpn_losses(objectness_logits, box_deltas, labels, box_targets, sigma=3.0, per_image=False):
+    """RPN classification and box losses over the anchors of all images of the batch (the
+    original, per GPU tower), or of each image then averaged over the images (`per_image`).
 
     cls = mean softmax CE over anchors with label != -1 (each anchor's pair of logits: bg, fg);
     box = Σ over positive anchors of Σ_coords smooth_l1(delta - target, sigma) divided by
     max(1, #anchors with label != -1). With no labelled anchor both are 0 (the original: NaN).
+    `per_image` makes the loss of B images the mean of their single-image losses, so that R
+    replicas of B/R images compute the same total as one device with all B.
 
     Args:
       objectness_logits: [B, H, W, 2A] or [B, N, 2] float. box_deltas: [B, H, W, 4A] or [B, N, 4].
@@ -32,16 +35,19 @@ def rpn_losses(objectness_logits, box_deltas, labels, box_targets, sigma=3.0):
     Returns:
       (cls_loss, box_loss) float32 scalars.
     """
-    logits = tf.reshape(tf.cast(objectness_logits, tf.float32), [-1, 2])
-    deltas = tf.reshape(tf.cast(box_deltas, tf.float32), [-1, 4])
-    labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
-    targets = tf.reshape(tf.cast(box_targets, tf.float32), [-1, 4])
+    images = tf.shape(labels)[0]
+    logits = tf.reshape(tf.cast(objectness_logits, tf.float32), [images, -1, 2])
+    deltas = tf.reshape(tf.cast(box_deltas, tf.float32), [images, -1, 4])
+    labels = tf.cast(labels, tf.int32)
+    targets = tf.reshape(tf.cast(box_targets, tf.float32), [images, -1, 4])
     labelled = tf.cast(labels >= 0, tf.float32)
+    ce = _softmax_ce(logits, labels) * labelled
+    box = tf.reduce_sum(smooth_l1(deltas - targets, sigma), axis=2) * tf.cast(labels > 0, tf.float32)
+    if per_image:  # each image normalised by its own labelled anchors, then the mean over images
+        count = tf.maximum(tf.reduce_sum(labelled, axis=1), 1.0)
+        return tf.reduce_mean(tf.reduce_sum(ce, 1) / count), tf.reduce_mean(tf.reduce_sum(box, 1) / count)
     count = tf.maximum(tf.reduce_sum(labelled), 1.0)
-    cls_loss = tf.reduce_sum(_softmax_ce(logits, labels) * labelled) / count
-    positive = tf.cast(labels > 0, tf.float32)
-    box_loss = tf.reduce_sum(tf.reduce_sum(smooth_l1(deltas - targets, sigma), axis=1) * positive) / count
-    return cls_loss, box_loss
+    return tf.reduce_sum(ce) / count, tf.reduce_sum(box) / count
 
 
 def _per_roi_losses(class_logits, box_deltas, labels, box_targets, valid, sigma, class_specific):
@@ -62,7 +68,7 @@ def _per_roi_losses(class_logits, box_deltas, labels, box_targets, valid, sigma,
 
 
 def ohem_rcnn_losses(class_logits, box_deltas, labels, box_targets, valid, top_k=512, box_loss_weight=2.0,
-                     sigma=1.0, class_specific=True):
+                     sigma=1.0, class_specific=True, image_index=None, num_images=None):
     """R-CNN losses with OHEM, the original's `sum_ohem_loss`.
 
     Per valid RoI: ce = softmax CE; box = Σ over the 4 coords of the label's columns of
@@ -71,14 +77,21 @@ def ohem_rcnn_losses(class_logits, box_deltas, labels, box_targets, valid, top_k
     cls = Σ ce[selected] / k, box = box_loss_weight · Σ box[selected] / k (0 when k = 0).
     Gradient flows only through the selected RoIs.
 
+    With `image_index` ([R] int, the image of each RoI), the selection and the normalisation
+    are per image instead: each image keeps its own top_k RoIs, its losses are divided by its
+    own k, and the result is the mean over the `num_images` images (default max(image_index) + 1).
+
     Args:
       class_logits: [R, C] float. box_deltas: [R, 4·C] (class_specific) or [R, 4].
       labels: [R] int32 (-1 = ignore). box_targets: the shape of box_deltas. valid: [R] bool.
+      image_index: None (whole batch) or [R] int. num_images: int or scalar tensor.
     Returns:
       (cls_loss, box_loss) float32 scalars.
     """
     ce, box, valid = _per_roi_losses(class_logits, box_deltas, labels, box_targets, valid, sigma,
                                      class_specific)
+    if image_index is not None:
+        return _ohem_per_image(ce, box, valid, image_index, num_images, top_k, box_loss_weight)
     combined = tf.where(valid, ce + box, float("-inf"))
     rows = combined.shape[0] if combined.shape[0] is not None else tf.shape(combined)[0]
     k_max = min(int(top_k), rows) if isinstance(rows, int) else tf.minimum(int(top_k), rows)
@@ -91,12 +104,38 @@ def ohem_rcnn_losses(class_logits, box_deltas, labels, box_targets, valid, top_k
     return cls_loss, box_loss
 
 
+def _image_masks(image_index, num_images, valid):
+    image_index = tf.cast(image_index, tf.int32)
+    images = tf.reduce_max(image_index) + 1 if num_images is None else tf.cast(num_images, tf.int32)
+    return tf.equal(image_index[None, :], tf.range(images)[:, None]) & valid[None, :]  # [B, R]
+
+
+def _ohem_per_image(ce, box, valid, image_index, num_images, top_k, box_loss_weight):
+    mine = _image_masks(image_index, num_images, valid)
+    combined = tf.where(mine, (ce + box)[None, :], float("-inf"))
+    rows = ce.shape[0] if ce.shape[0] is not None else tf.shape(ce)[0]
+    k_max = min(int(top_k), rows) if isinstance(rows, int) else tf.minimum(int(top_k), rows)
+    _, index = tf.math.top_k(tf.stop_gradient(combined), k=k_max, sorted=True)  # [B, k_max]
+    k = tf.minimum(int(top_k), tf.reduce_sum(tf.cast(mine, tf.int32), axis=1))  # [B]
+    chosen = tf.cast(tf.range(tf.shape(index)[1])[None, :] < k[:, None], tf.float32)
+    denominator = tf.maximum(tf.cast(k, tf.float32), 1.0)
+    cls_loss = tf.reduce_mean(tf.reduce_sum(tf.gather(ce, index) * chosen, axis=1) / denominator)
+    box_loss = box_loss_weight * tf.reduce_mean(tf.reduce_sum(tf.gather(box, index) * chosen, axis=1) / denominator)
+    return cls_loss, box_loss
+
+
 def rcnn_losses(class_logits, box_deltas, labels, box_targets, valid, box_loss_weight=1.0, sigma=1.0,
-                class_specific=True):
+                class_specific=True, image_index=None, num_images=None):
     """R-CNN losses over sampled RoIs: cls = mean CE over valid RoIs; box = box_loss_weight ·
     Σ over foreground RoIs of the label's smooth L1 / max(1, #valid). Arguments as
-    `ohem_rcnn_losses`. Returns (cls_loss, box_loss) float32 scalars."""
+    `ohem_rcnn_losses` (with `image_index`: per image, then the mean over the images).
+    Returns (cls_loss, box_loss) float32 scalars."""
     ce, box, valid = _per_roi_losses(class_logits, box_deltas, labels, box_targets, valid, sigma,
                                      class_specific)
+    if image_index is not None:
+        mine = tf.cast(_image_masks(image_index, num_images, valid), tf.float32)  # [B, R]
+        count = tf.maximum(tf.reduce_sum(mine, axis=1), 1.0)
+        return (tf.reduce_mean(tf.reduce_sum(mine * ce[None, :], 1) / count),
+                box_loss_weight * tf.reduce_mean(tf.reduce_sum(mine * box[None, :], 1) / count))
     count = tf.maximum(tf.reduce_sum(tf.cast(valid, tf.float32)), 1.0)
     return tf.reduce_sum(ce) / count, box_loss_weight * tf.reduce_sum(box) / count

@@ -140,7 +140,8 @@ def _record_tensors(records):
 
 
 def make_dataset(dataset, config, *, training, batch_size, shuffle=None, seed=None, repeat=None,
-                 num_parallel_calls=tf.data.AUTOTUNE, shard=None, stats=None, drop_remainder=None):
+                 num_parallel_calls=tf.data.AUTOTUNE, shard=None, stats=None, drop_remainder=None,
+                 cache=None, group_by_aspect_ratio=None, skip=0):
     """The input pipeline of a DetectionDataset.
 
     Training uses config.image_short_size / image_max_size and flips each image with p = 0.5;
@@ -163,6 +164,17 @@ def make_dataset(dataset, config, *, training, batch_size, shuffle=None, seed=No
       shard: (num_shards, index): this worker reads records index, index + num_shards, ...
       stats: a PipelineStats to fill (pass one to read the counts); None = a private one.
       drop_remainder: drop a last partial batch; default = training (static batch size).
+      cache: keep the decoded images in memory after the first pass (each is decoded once);
+        default = training and config.cache_decoded_images. Shuffling then waits for the first
+        full decode of the (shard's) dataset.
+      group_by_aspect_ratio: batch landscape (w >= h) and portrait images separately, so that
+        batches pad less; default = training and config.group_by_aspect_ratio. The batch order
+        then differs from the ungrouped one (a batch is the next `batch_size` images of its kind).
+      skip: start this many images into the (shard's, shuffled, repeated) image stream, e.g.
+        steps done x images per step of this pipeline to resume training at its data position:
+        the stream, its flips and its shuffles are those of an uninterrupted run (skipped images
+        are not decoded, except by the first pass of a cache). With aspect-ratio grouping, the
+        images waiting in a half-filled group at the kill are not replayed.
     Returns:
       tf.data.Dataset of dicts:
         images [B, H, W, 3] float32, image_info [B, 5] float32 (resized h, resized w, scale,
@@ -175,9 +187,16 @@ def make_dataset(dataset, config, *, training, batch_size, shuffle=None, seed=No
     shuffle = training if shuffle is None else shuffle
     repeat = training if repeat is None else repeat
     drop_remainder = training if drop_remainder is None else drop_remainder
+    if cache is None:
+        cache = training and bool(getattr(config, "cache_decoded_images", False))
+    if group_by_aspect_ratio is None:
+        group_by_aspect_ratio = training and bool(getattr(config, "group_by_aspect_ratio", False))
     stats = PipelineStats() if stats is None else stats
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if skip < 0:
+        raise ValueError(f"skip must be >= 0, got {skip}")
+    skip = int(skip)
     records = list(dataset.records)
     if shard is not None:
         num_shards, index = shard
@@ -256,19 +275,42 @@ def make_dataset(dataset, config, *, training, batch_size, shuffle=None, seed=No
                 "gt_classes": tf.ensure_shape(tf.pad(classes, [[0, pad]]), [max_boxes]),
                 "image_id": element["image_id"]}
 
-    indices = tf.data.Dataset.range(len(records))
-    if shuffle:
-        indices = indices.shuffle(len(records), seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        indices = indices.repeat()
     cycle = num_parallel_calls if num_parallel_calls != tf.data.AUTOTUNE else tf.data.AUTOTUNE
-    data = (indices.enumerate()
-            .map(lookup)
-            .interleave(_decode_or_mark_failed, cycle_length=cycle, block_length=1,
-                        num_parallel_calls=num_parallel_calls, deterministic=True)
-            .map(report)
-            .filter(lambda element: element["keep"])
-            .map(preprocess, num_parallel_calls=num_parallel_calls, deterministic=True)
-            .padded_batch(batch_size, drop_remainder=drop_remainder)
-            .prefetch(tf.data.AUTOTUNE))
-    return data
+
+    def decode(indices):
+        return (indices.map(lookup)
+                .interleave(_decode_or_mark_failed, cycle_length=cycle, block_length=1,
+                            num_parallel_calls=num_parallel_calls, deterministic=True)
+                .map(report)
+                .filter(lambda element: element["keep"]))
+
+    if cache:
+        # Decode every image once (in record order; failures warned once), keep the decoded
+        # uint8 images in memory, then shuffle, repeat and number the decoded elements: the
+        # batches are those of the uncached pipeline over the readable images.
+        data = decode(tf.data.Dataset.range(len(records)).map(lambda i: (i, i))).cache()
+        if shuffle:
+            data = data.shuffle(len(records), seed=seed, reshuffle_each_iteration=True)
+        if repeat:
+            data = data.repeat()
+        data = data.enumerate().skip(skip).map(lambda position, element: {**element, "position": position})
+    else:
+        indices = tf.data.Dataset.range(len(records))
+        if shuffle:
+            indices = indices.shuffle(len(records), seed=seed, reshuffle_each_iteration=True)
+        if repeat:
+            indices = indices.repeat()
+        data = decode(indices.enumerate().skip(skip))
+    data = data.map(preprocess, num_parallel_calls=num_parallel_calls, deterministic=True)
+    if group_by_aspect_ratio:
+        # Landscape and portrait images batched apart: a batch pads to its largest height and
+        # width, so a mixed batch of 320x480 and 480x320 images would compute on 480x480.
+        def landscape(element):
+            shape = tf.shape(element["images"])
+            return tf.cast(shape[1] >= shape[0], tf.int64)
+        data = data.group_by_window(
+            landscape, lambda key, window: window.padded_batch(batch_size, drop_remainder=drop_remainder),
+            window_size=batch_size)
+    else:
+        data = data.padded_batch(batch_size, drop_remainder=drop_remainder)
+    return data.prefetch(tf.data.AUTOTUNE)

@@ -18,6 +18,11 @@ class ExperimentConfig(Config):
     image_max_size = 512
     eval_image_short_size = 320
     eval_image_max_size = 512
+    # Training speed on the 2-core machine: landscape and portrait images batched apart (a mixed
+    # pair pads to a square: ~25% more pixels on this set), and the ~1.4 GB of decoded training
+    # images kept in memory after the first pass (JPEG decoding competed with the step for the cores).
+    group_by_aspect_ratio = True
+    cache_decoded_images = True
 
     backbone = "xception_star"
     # BN momentum 0.9: the moving statistics follow fast-changing from-scratch weights closely
@@ -40,7 +45,7 @@ class ExperimentConfig(Config):
     test_nms = 0.5
     test_score_threshold = 0.01
 
-    # The main job's schedule: 100 warm-up + 10 "epochs" of 290 steps (2 images each) = 3000
+    # The main job's schedule: 100 warm-up + 10 "epochs" of 400 steps (2 images each) = 4100
     # steps, about 23 minutes on a 2-core CPU; the LR decays in steps after epoch 4 (measured at
     # 1500 steps: AP 0.22 vs 0.185 with a single drop after epoch 7).
     train_batch_per_gpu = 2
@@ -60,7 +65,7 @@ class ExperimentConfig(Config):
     gradient_multipliers = {}
     gradient_clip_norm = 10.0
     weight_decay = 4e-5
-    nr_image_per_epoch = 580
+    nr_image_per_epoch = 800
     max_epoch = 10
     warmup_iters = 100
     lr_stages = ((4, 1.0), (6, 0.5), (8, 0.2), (9, 0.05), (10, 0.01))
