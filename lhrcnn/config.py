@@ -126,6 +126,11 @@ class Config:
     ema_decay = 0.0                 # > 0 keeps an exponential moving average of the weights
     precise_bn_batches = 0          # > 0: recompute trained BNs' statistics over this many batches at the end
     gradient_clip_norm = None       # clip the global gradient norm (None: the original, no clipping)
+    # tf.distribute / speed options (issue #7)
+    sync_batch_norm = False         # trained BNs use the global batch's statistics (all replicas)
+    mixed_precision = None          # None | "mixed_float16" (GPU; dynamic loss scaling) | "mixed_bfloat16":
+                                    # the backbone computes in half precision, heads and losses in float32
+    jit_compile = False             # compile the backbone (forward and backward) with XLA
     ops_backend = None              # None | "custom" | "tf" for the custom ops
 
     def __init__(self, **overrides):
@@ -182,6 +187,10 @@ class Config:
         need(int(self.precise_bn_batches) >= 0, "precise_bn_batches must be >= 0")
         need(self.train_batch_per_gpu >= 1, "train_batch_per_gpu must be >= 1")
         need(self.box_offset in (0.0, 1.0), "box_offset must be 0.0 or 1.0")
+        need(self.loss_normalization in ("replica", "image"),
+             f"loss_normalization must be 'replica' or 'image', got {self.loss_normalization!r}")
+        need(self.mixed_precision in (None, "mixed_float16", "mixed_bfloat16"),
+             f"mixed_precision must be None, 'mixed_float16' or 'mixed_bfloat16', got {self.mixed_precision!r}")
 
     def output_dir(self, experiment_dir=None):
         experiment_dir = experiment_dir or getattr(self, "experiment_dir", None) or "."

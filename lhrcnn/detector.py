@@ -59,9 +59,21 @@ class TwoStageDetector(keras.Model):
                                                              config.anchor_scales)
 
     # ------------------------------------------------------------------ shared stages
+    jit_compile_backbone = False  # set (e.g. by the Trainer's `jit_compile`) to run the backbone through XLA
+
+    def _compiled_backbone(self, training):
+        cache = self.__dict__.setdefault("_xla_backbones", {})
+        if bool(training) not in cache:
+            cache[bool(training)] = tf.function(lambda images: self.backbone(images, training=bool(training)),
+                                                jit_compile=True)
+        return cache[bool(training)]
+
     def features(self, images, training=False):
         """The backbone's features as float32 (whatever dtype the backbone computes in)."""
-        features = self.backbone(images, training=training)
+        if self.jit_compile_backbone:
+            features = self._compiled_backbone(training)(images)
+        else:
+            features = self.backbone(images, training=training)
         return {k: v if v.dtype == tf.float32 else tf.cast(v, tf.float32) for k, v in features.items()}
 
     def anchors(self, feature_map):

@@ -1,12 +1,15 @@
 """Benchmarks: prints a table per section and writes all results to a json file.
 
-  python scripts/benchmark.py [--sections ops --sections models --sections throughput --sections export] [--models r101,xception,synthetic]
+  python scripts/benchmark.py [--sections ops --sections models --sections throughput --sections export
+                               --sections distribute] [--models r101,xception,synthetic]
                               [--repeats 15] [--peer] [--json output/benchmark.json]
 
 Sections: ops (custom ops against stock-TF formulations), models (whole detectors: latency, GFLOP,
 floor, stage split, training step), throughput (training images/s of the default and R-101
 experiments, the input pipeline alone, evaluation images/s), export (the SavedModel's latency with
-stock and custom ops, batch 1 and 8, next to the in-process detector). Default: all four. --peer also measures TF Model Garden's Faster R-CNN
+stock and custom ops, batch 1 and 8, next to the in-process detector), distribute (training on 1 and 2
+logical CPU devices and 1 and 2 local workers, scaling efficiency, and the R-101 all-reduce cost on 8
+GPUs). Default: all five. --peer also measures TF Model Garden's Faster R-CNN
 R-50-FPN in a separate environment (installed on first use). Targets are reported, never asserted.
 """
 import json
@@ -19,8 +22,9 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-FLAGS = flags.DEFINE_multi_string("sections", ["ops", "models", "throughput", "export"],
-                                  "Sections to run: ops, models, throughput, export.")
+FLAGS = flags.DEFINE_multi_string("sections", ["ops", "models", "throughput", "export", "distribute"],
+                                  "Sections to run: ops, models, throughput, export, distribute.")
+DIST_STEPS = flags.DEFINE_integer("distribute_steps", 10, "Timed training steps per case (distribute).")
 TRAIN_STEPS = flags.DEFINE_integer("train_steps", 30, "Timed training steps of the default model (throughput).")
 R101_STEPS = flags.DEFINE_integer("r101_steps", 2, "Timed training steps of R-101 at 800x1333 (0 = skip).")
 MODELS = flags.DEFINE_list("models", ["r101", "xception", "synthetic"], "Models of the models section.")
@@ -91,8 +95,22 @@ def main(argv):
             print(format_table(rows, export_bench.COLUMNS))
             print(extra["note"])
             results["export"] = {"rows": rows, **extra}
+        elif section == "distribute":
+            from lhrcnn.bench import distribute_bench
+            rows, extra = distribute_bench.run(steps=DIST_STEPS.value)
+            print(f"\n== distribute (default experiment, {extra['input']}, 2 images per replica, "
+                  f"{extra['cpus']} cores shared by all replicas) ==")
+            print(format_table(rows, distribute_bench.COLUMNS))
+            comm = extra["communication"]
+            print(f"\nall-reduce per step, {comm['model']} on {comm['gpus']} GPUs: "
+                  f"{comm['trainable_parameters'] / 1e6:.1f} M trainable parameters = "
+                  f"{comm['gradient_bytes'] / 2 ** 20:.0f} MiB of float32 gradients; a ring all-reduce moves "
+                  f"{comm['bytes_per_gpu_per_step'] / 2 ** 20:.0f} MiB in and out of every GPU:")
+            for link, ms in comm["allreduce_ms"].items():
+                print(f"  {link}: {ms:.1f} ms")
+            results["distribute"] = {"rows": rows, **extra}
         else:
-            raise app.UsageError(f"unknown section {section!r} (known: ops, models, throughput, export)")
+            raise app.UsageError(f"unknown section {section!r} (known: ops, models, throughput, export, distribute)")
     os.makedirs(os.path.dirname(os.path.abspath(JSON.value)), exist_ok=True)
     tmp = JSON.value + ".tmp"
     with open(tmp, "w") as f:

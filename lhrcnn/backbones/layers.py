@@ -71,7 +71,8 @@ class ConvBN(keras.layers.Layer):
         (biased) variance over `[B, H, W]`, scaled and shifted, ReLU if `relu`; the moving
         statistics are updated `moving = moving * momentum + batch * (1 - momentum)`, with the
         Bessel-corrected batch variance (`n / (n - 1)`, n = B·H·W) for `moving_variance`, as
-        TF's fused BatchNorm (which slim used) does.
+        TF's fused BatchNorm (which slim used) does. With `bn_sync` set and several replicas in
+        sync, the mean and variance are those of the global batch (sums all-reduced).
     """
 
     def __init__(self, filters, kernel_size, strides=1, dilation_rate=1, padding="same",
@@ -100,6 +101,9 @@ class ConvBN(keras.layers.Layer):
         self.bn_trainable = (not self.bn_frozen) if bn_trainable is None else bool(bn_trainable)
         self.bn_epsilon = float(bn_epsilon)
         self.bn_momentum = float(bn_momentum)
+        # Synchronised BN (set by lhrcnn.train.distribute.enable_sync_batch_norm): with batch
+        # statistics under a multi-replica strategy, mean and variance of the global batch.
+        self.bn_sync = False
         self.input_spec = keras.layers.InputSpec(ndim=4)
 
     @property
@@ -181,8 +185,34 @@ class ConvBN(keras.layers.Layer):
         y = tf.nn.bias_add(self._conv(x, self.kernel * scale), tf.cast(bias, x.dtype))
         return self._activation(y)
 
+    def _sync_batch_norm(self, y, context):
+        """Batch normalisation with the mean and variance of the global batch: per-channel sums
+        of y and y² and the pixel count all-reduced over the replicas."""
+        y32 = tf.cast(y, tf.float32)
+        channels = y32.shape[-1]
+        # One all-reduce for the differentiable sums (its gradient is the all-reduce of theirs),
+        # one without gradient for the pixel count (replicas' images may differ in size).
+        sums = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.concat(
+            [tf.reduce_sum(y32, axis=[0, 1, 2]), tf.reduce_sum(tf.square(y32), axis=[0, 1, 2])], axis=0))
+        count = tf.cast(tf.reduce_prod(tf.shape(y32)[:3]), tf.float32) * context.num_replicas_in_sync
+        total, squares = sums[:channels], sums[channels:]
+        mean = total / count
+        variance = tf.maximum(squares / count - tf.square(mean), 0.0)
+        # TF's fused BatchNorm (the one-replica path) raises epsilon to at least 1.001e-5
+        scale = self.gamma * tf.math.rsqrt(variance + max(self.bn_epsilon, 1.001e-5))
+        out = y32 * scale + (self.beta - mean * scale)
+        unbiased = variance * count / tf.maximum(count - 1.0, 1.0)
+        return tf.cast(out, y.dtype), mean, unbiased
+
     def _batch_statistics(self, x):
         y = self._conv(x, self.kernel)
+        context = tf.distribute.get_replica_context()
+        if self.bn_sync and context is not None and context.num_replicas_in_sync > 1:
+            y, batch_mean, batch_variance = self._sync_batch_norm(y, context)
+            decay = 1.0 - self.bn_momentum
+            self.moving_mean.assign_sub((self.moving_mean - batch_mean) * decay)
+            self.moving_variance.assign_sub((self.moving_variance - batch_variance) * decay)
+            return self._activation(y)
         # batch_variance is Bessel-corrected by the op; the output is normalised with the
         # biased variance.
         y, batch_mean, batch_variance = tf.compat.v1.nn.fused_batch_norm(

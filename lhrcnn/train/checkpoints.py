@@ -3,6 +3,7 @@
 replaced `checkpoint` index, so a kill never leaves a half-written latest checkpoint), restored
 automatically on restart; and initialisation from another run's checkpoint."""
 import os
+import shutil
 
 import tensorflow as tf
 from absl import logging
@@ -39,20 +40,38 @@ def initialize_from(detector, path):
 
 
 class TrainingCheckpoints:
-    """Checkpoint manager of one training run (chief writes; see `directory`)."""
+    """Checkpoint manager of one training run.
 
-    def __init__(self, directory, max_to_keep=5, **objects):
+    `directory` is the run's model_dump/: the latest checkpoint there is restored. Saves go to
+    `write_directory` (default: the same); under multi-worker training every worker saves (a
+    save may read replicated variables collectively) but only the chief writes into
+    `directory`; the others write into a temporary directory of their own, removed after each
+    save (lhrcnn.train.distribute.worker_directory)."""
+
+    def __init__(self, directory, max_to_keep=5, write_directory=None, **objects):
         self.directory = directory
+        self.write_directory = write_directory or directory
         self.checkpoint = tf.train.Checkpoint(**objects)
         self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=max_to_keep)
+        self.writer = (self.manager if self.write_directory == directory else
+                       tf.train.CheckpointManager(self.checkpoint, self.write_directory, max_to_keep=1))
+
+    def latest(self):
+        """The latest checkpoint of the run's directory (re-read from disk), or None."""
+        return tf.train.latest_checkpoint(self.directory)
 
     def restore_latest(self):
         """Restores the latest checkpoint of this run if there is one; returns its path or None."""
-        latest = self.manager.latest_checkpoint
+        latest = self.latest()
         if latest:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
             logging.info("resumed from %s", latest)
         return latest
 
     def save(self, step):
-        return self.manager.save(checkpoint_number=int(step))
+        """Saves at `step`; returns the path in the run's directory."""
+        path = self.writer.save(checkpoint_number=int(step))
+        if self.writer is not self.manager:
+            shutil.rmtree(self.write_directory, ignore_errors=True)
+            return os.path.join(self.directory, os.path.basename(path))
+        return path
