@@ -31,7 +31,13 @@ class ExperimentConfig(Config):
     rpn_feature = "C4"   # block2 output, 288 channels (stride 16)
     head_feature = "C5"  # block3 output, 576 channels (stride 16)
     rpn_channels = 256
+    # The light head scaled to 320-px images: at stride 16 they are 20-32 cells wide, so the large
+    # separable convolution's k = 9 (144 px) already spans most of an image (the paper's k = 15
+    # is for 800-px COCO images); the thin map has 5 channels per bin, 5 x 7 x 7 = 245 (as
+    # ThunderNet's), not 10. Together 20% less time per step (0.35 -> 0.28 s), spent on more steps.
+    large_separable_kernel = 9
     large_separable_mid_channels = 64
+    large_separable_out_channels = 245
 
     anchor_scales = (1, 2, 4, 8, 16)  # 16..256 px: the synthetic objects are 12 px to half an image
     box_offset = 0.0
@@ -45,8 +51,8 @@ class ExperimentConfig(Config):
     test_nms = 0.5
     test_score_threshold = 0.01
 
-    # The main job's schedule: 100 warm-up + 10 "epochs" of 400 steps (2 images each) = 4100
-    # steps, about 23 minutes on a 2-core CPU; the LR decays in steps after epoch 4 (measured at
+    # The main job's schedule: 100 warm-up + 10 "epochs" of 470 steps (2 images each) = 4800
+    # steps, about 22 minutes on a 2-core CPU; the LR decays in steps after epoch 4 (measured at
     # 1500 steps: AP 0.22 vs 0.185 with a single drop after epoch 7).
     train_batch_per_gpu = 2
     # From scratch on a 25-minute budget: Adam converges far faster than the original's momentum
@@ -65,7 +71,7 @@ class ExperimentConfig(Config):
     gradient_multipliers = {}
     gradient_clip_norm = 10.0
     weight_decay = 4e-5
-    nr_image_per_epoch = 800
+    nr_image_per_epoch = 940
     max_epoch = 10
     warmup_iters = 100
     lr_stages = ((4, 1.0), (6, 0.5), (8, 0.2), (9, 0.05), (10, 0.01))
