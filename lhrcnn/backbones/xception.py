@@ -70,7 +70,7 @@ def separable_bottleneck(x, depth, depth_bottleneck, stride, *, name, trainable,
 
 
 def xception_star(*, freeze_bn=False, freeze_stem=False, bn_epsilon=layers.DEFAULT_BN_EPSILON,
-                  bn_momentum=layers.DEFAULT_BN_MOMENTUM):
+                  bn_momentum=layers.DEFAULT_BN_MOMENTUM, block3_stride=1):
     """Build Xception* as a functional Keras model named "xception_star".
 
     Args:
@@ -81,6 +81,8 @@ def xception_star(*, freeze_bn=False, freeze_stem=False, bn_epsilon=layers.DEFAU
         BatchNorms frozen; block1's `dws_conv2` stays trainable, as in the original.
       bn_epsilon: BatchNorm epsilon (slim 1e-5).
       bn_momentum: moving-average momentum of trainable BatchNorms (slim decay 0.997).
+      block3_stride: 1 for detection (C5 at stride 16, geonseoks' detector), 2 for the
+        ImageNet-classification network (C5 at stride 32).
 
     Returns:
       keras.Model `images [B, H, W, 3] float32` → {"C2", "C3", "C4", "C5": `[B, h, w, C]`},
@@ -100,6 +102,8 @@ def xception_star(*, freeze_bn=False, freeze_stem=False, bn_epsilon=layers.DEFAU
     for block_index, ((depth, depth_bottleneck, stride, num_units), feature) in enumerate(
             zip(BLOCKS, FEATURE_NAMES), start=1):
         is_stem = block_index == 1
+        if block_index == 3:
+            stride = block3_stride
         for unit in range(1, num_units + 1):
             x = separable_bottleneck(
                 x, depth, depth_bottleneck, stride if unit == 1 else 1,

@@ -69,7 +69,8 @@ def num_params(variables):
 
 
 def test_registry_names_and_errors():
-    assert set(BACKBONE_NAMES) == {"resnet_v1_50", "resnet_v1_101", "xception_star"}
+    assert set(BACKBONE_NAMES) == {"resnet_v1_50", "resnet_v1_101", "xception_star", "snet49", "snet146", "snet535",
+                                   "detnet59"}
     with pytest.raises(ValueError, match="resnet_v1_101.*xception_star|known backbones"):
         build_backbone("resnet_v1_152")
     with pytest.raises(ValueError, match="'weight_decay'"):

@@ -44,7 +44,7 @@ def expected_variables():
 
 def test_options():
     assert backbone_options("xception_star") == {
-        "freeze_bn": False, "freeze_stem": False, "bn_epsilon": 1e-5, "bn_momentum": 0.997}
+        "freeze_bn": False, "freeze_stem": False, "bn_epsilon": 1e-5, "bn_momentum": 0.997, "block3_stride": 1}
     with pytest.raises(ValueError, match="'dilate_block4'"):
         build_backbone("xception_star", dilate_block4=True)
 

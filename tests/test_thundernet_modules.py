@@ -1,0 +1,62 @@
+"""ThunderNet's modules against NumPy: the Context Enhancement Module, the Spatial Attention
+Module and the compressed RPN head."""
+import numpy as np
+import tensorflow as tf
+
+from lhrcnn.heads.compressed_rpn import CompressedRPNHead
+from lhrcnn.necks.cem import ContextEnhancement, SpatialAttention
+
+
+def _conv1x1(x, kernel, bias=None):
+    y = np.einsum("bhwc,cd->bhwd", x, kernel[0, 0])
+    return y if bias is None else y + bias
+
+
+def test_cem_against_numpy():
+    rng = np.random.default_rng(0)
+    c4 = rng.normal(size=(2, 7, 9, 6)).astype(np.float32)   # odd: the upsampled C5 is cropped
+    c5 = rng.normal(size=(2, 4, 5, 10)).astype(np.float32)
+    cem = ContextEnhancement(channels=12)
+    out = cem(tf.constant(c4), tf.constant(c5)).numpy()
+    for layer in (cem.c4, cem.c5, cem.glb):  # non-zero biases, so each term is checked
+        layer.bias.assign(rng.normal(size=12).astype(np.float32))
+    out = cem(tf.constant(c4), tf.constant(c5)).numpy()
+    k4, b4 = cem.c4.kernel.numpy(), cem.c4.bias.numpy()
+    k5, b5 = cem.c5.kernel.numpy(), cem.c5.bias.numpy()
+    kg, bg = cem.glb.kernel.numpy(), cem.glb.bias.numpy()
+    up = _conv1x1(c5, k5, b5).repeat(2, axis=1).repeat(2, axis=2)[:, :7, :9]
+    glb = _conv1x1(c5.mean(axis=(1, 2), keepdims=True), kg, bg)
+    want = _conv1x1(c4, k4, b4) + up + glb
+    assert out.shape == (2, 7, 9, 12)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+
+
+def test_sam_against_numpy():
+    rng = np.random.default_rng(1)
+    cem = rng.normal(size=(1, 5, 6, 8)).astype(np.float32)
+    rpn = rng.normal(size=(1, 5, 6, 4)).astype(np.float32)
+    sam = SpatialAttention(channels=8)
+    sam(tf.constant(cem), tf.constant(rpn))
+    gamma, beta = rng.normal(size=8).astype(np.float32), rng.normal(size=8).astype(np.float32)
+    mean, var = rng.normal(size=8).astype(np.float32), rng.uniform(0.5, 2, size=8).astype(np.float32)
+    for v, value in zip(sam.bn.weights, (gamma, beta, mean, var)):
+        v.assign(value)
+    out = sam(tf.constant(cem), tf.constant(rpn), training=False).numpy()
+    theta = _conv1x1(rpn, sam.theta.kernel.numpy())
+    normed = (theta - mean) / np.sqrt(var + 1e-5) * gamma + beta
+    np.testing.assert_allclose(out, cem / (1 + np.exp(-normed)), rtol=1e-5, atol=1e-6)
+    # the gradient reaches the RPN feature (the paper: R-CNN gradients stabilise the RPN)
+    rpn_t = tf.constant(rpn)
+    with tf.GradientTape() as tape:
+        tape.watch(rpn_t)
+        loss = tf.reduce_sum(sam(tf.constant(cem), rpn_t, training=False))
+    assert float(tf.reduce_sum(tf.abs(tape.gradient(loss, rpn_t)))) > 0
+
+
+def test_compressed_rpn_shapes_and_layers():
+    head = CompressedRPNHead(num_anchors=25)
+    logits, deltas, hidden = head.call_with_hidden(tf.zeros([2, 20, 20, 245]))
+    assert tuple(logits.shape) == (2, 20, 20, 50) and tuple(deltas.shape) == (2, 20, 20, 100)
+    assert tuple(hidden.shape) == (2, 20, 20, 256)
+    assert head.dw.depthwise_kernel.shape == (5, 5, 245, 1) and head.pw.kernel.shape == (1, 1, 245, 256)
+    assert not head.dw.use_bias and not head.pw.use_bias
