@@ -178,14 +178,16 @@ def remove_worker_directory(directory, strategy):
 
 
 def model_fingerprint(model):
-    """A short hash of every variable of `model` (names and values), to compare the weights that
-    workers or runs ended with. Under multi-worker, every worker must call it (reading
-    replica-local statistics may be collective)."""
+    """A short hash of every variable of `model` (shapes and values, in the model's variable
+    order; not the names, which Keras suffixes differently when a process builds several models),
+    to compare the weights that workers or runs ended with. Under multi-worker, every worker must
+    call it (reading replica-local statistics may be collective)."""
     import hashlib
     digest = hashlib.sha256()
     for variable in model.variables:
-        digest.update(variable.name.encode())
-        digest.update(np.ascontiguousarray(variable.numpy()).tobytes())
+        value = np.ascontiguousarray(variable.numpy())
+        digest.update(str(value.shape).encode())
+        digest.update(value.tobytes())
     return digest.hexdigest()[:16]
 
 
