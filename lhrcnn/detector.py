@@ -20,8 +20,18 @@ class RPN(keras.layers.Layer):
         super().__init__(**kwargs)
         self.head, self.feature_name = head, feature_name
 
-    def call(self, features):
-        return self.head(features[self.feature_name])
+    def call(self, features, training=None):
+        return self.head(features[self.feature_name], training=training)
+
+    def with_hidden(self, features, training=None):
+        """(logits, deltas, hidden): `hidden` is the head's intermediate feature when the head
+        exposes one (`call_with_hidden`, e.g. ThunderNet's compressed RPN, whose feature feeds
+        the Spatial Attention Module), else None."""
+        x = features[self.feature_name]
+        if hasattr(self.head, "call_with_hidden"):
+            return self.head.call_with_hidden(x, training=training)
+        logits, deltas = self(features, training=training)
+        return logits, deltas, None
 
 
 class RoIHead(keras.layers.Layer):
@@ -33,6 +43,8 @@ class RoIHead(keras.layers.Layer):
         self.head, self.feature_name, self.neck = head, feature_name, neck
 
     def head_input(self, features, training=None):
+        if getattr(self.neck, "takes_feature_dict", False):  # e.g. ThunderNet's SAM: CEM and RPN features
+            return self.neck(features, training=training)
         x = features[self.feature_name]
         return self.neck(x, training=training) if self.neck is not None else x
 
@@ -49,10 +61,15 @@ class TwoStageDetector(keras.Model):
     boxes.postprocess.detect). `compute_losses(batch)` gives the training losses.
     """
 
-    def __init__(self, config, backbone, rpn_head, roi_head, neck=None, name="detector", **kwargs):
+    def __init__(self, config, backbone, rpn_head, roi_head, neck=None, pre_rpn_neck=None, name="detector",
+                 **kwargs):
+        """`pre_rpn_neck` (optional): a layer mapping the backbone's feature dict to extra named
+        features that the RPN and the R-CNN head may use (ThunderNet's CEM adds "CEM"). When the
+        RPN head exposes its hidden feature, it is added as "RPN"."""
         super().__init__(name=name, **kwargs)
         self.config = config
         self.backbone = backbone
+        self.pre_rpn_neck = pre_rpn_neck
         self.rpn = RPN(rpn_head, config.rpn_feature, name="rpn")
         self.roi_head = RoIHead(roi_head, config.head_feature, neck=neck, name="roi_head")
         self.base_anchors = anchor_lib.generate_base_anchors(config.anchor_base_size, config.anchor_ratios,
@@ -76,6 +93,16 @@ class TwoStageDetector(keras.Model):
             features = self.backbone(images, training=training)
         return {k: v if v.dtype == tf.float32 else tf.cast(v, tf.float32) for k, v in features.items()}
 
+    def rpn_stage(self, features, training=False):
+        """(features with the pre-RPN neck's and the RPN's hidden features added, RPN logits,
+        RPN deltas)."""
+        if self.pre_rpn_neck is not None:
+            features = {**features, **self.pre_rpn_neck(features, training=training)}
+        logits, deltas, hidden = self.rpn.with_hidden(features, training=training)
+        if hidden is not None:
+            features = {**features, "RPN": hidden}
+        return features, logits, deltas
+
     def anchors(self, feature_map):
         """Anchors [H·W·A, 4] of a [B, H, W, C] map, in the RPN's (y, x, a) order."""
         shape = tf.shape(feature_map)
@@ -93,10 +120,9 @@ class TwoStageDetector(keras.Model):
     # ------------------------------------------------------------------ inference
     def call(self, inputs, training=False):
         images, image_info = inputs["images"], inputs["image_info"]
-        features = self.features(images, training=training)
-        rpn_logits, rpn_deltas = self.rpn(features)
+        features, rpn_logits, rpn_deltas = self.rpn_stage(self.features(images, training=training), training)
         rois, _, valid = self._proposals(features, rpn_logits, rpn_deltas, image_info, training=False)
-        class_logits, box_deltas = self.roi_head(features, rois)
+        class_logits, box_deltas = self.roi_head(features, rois, training=training)
         c = self.config
         return postprocess.detect(class_logits, box_deltas, rois, valid, image_info, c.num_classes,
                                   nms_threshold=c.test_nms, score_threshold=c.test_score_threshold,
@@ -112,8 +138,7 @@ class TwoStageDetector(keras.Model):
         c = self.config
         images, image_info = batch["images"], batch["image_info"]
         gt_boxes, gt_classes = batch["gt_boxes"], batch["gt_classes"]
-        features = self.features(images, training=training)
-        rpn_logits, rpn_deltas = self.rpn(features)
+        features, rpn_logits, rpn_deltas = self.rpn_stage(self.features(images, training=training), training)
         anchors = self.anchors(features[c.rpn_feature])
         labels, box_targets = targets.anchor_targets(
             anchors, gt_boxes, gt_classes, image_info, positive_overlap=c.rpn_positive_overlap,

@@ -13,7 +13,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import pytest
 import tensorflow as tf
 
 from lhrcnn import losses
+from lhrcnn.bench.distribute_bench import free_ports
 from lhrcnn.train import distribute
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -234,16 +234,6 @@ def test_resume_starts_at_the_data_position(tmp_path):
 # ---------------------------------------------------------------------------- multi-worker
 
 
-def _free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("localhost", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def _start_workers(exp, output, steps, every, ports):
     from test_end_to_end import _train_cmd
     procs = []
@@ -296,7 +286,7 @@ def test_two_workers_end_with_identical_weights_and_a_restorable_checkpoint(tmp_
     exp = _small_experiment(tmp_path)
     output = str(tmp_path / "out")
     os.makedirs(output)
-    codes = _wait(_start_workers(exp, output, 6, 3, _free_ports(2)), timeout=600)
+    codes = _wait(_start_workers(exp, output, 6, 3, free_ports(2)), timeout=600)
     assert codes == [0, 0], _log(output, 0)[-3000:] + _log(output, 1)[-3000:]
     chief, other = _log(output, 0), _log(output, 1)
     assert "2 replica(s) x 1 images (multi_worker, worker 0 (chief))" in chief, chief[-2000:]
@@ -315,7 +305,7 @@ def test_a_killed_worker_is_recovered_by_restarting_the_job(tmp_path):
     exp = _small_experiment(tmp_path)
     output = str(tmp_path / "out")
     os.makedirs(output)
-    procs = _start_workers(exp, output, 12, 4, _free_ports(2))
+    procs = _start_workers(exp, output, 12, 4, free_ports(2))
     index = os.path.join(output, "model_dump", "ckpt-4.index")
     deadline = time.time() + 600
     while not os.path.exists(index) and all(p.poll() is None for p, _ in procs) and time.time() < deadline:
@@ -332,7 +322,7 @@ def test_a_killed_worker_is_recovered_by_restarting_the_job(tmp_path):
     resumed_at = int(state.model_checkpoint_path.rsplit("-", 1)[1])
     assert 4 <= resumed_at < 12
     tf.train.load_checkpoint(state.model_checkpoint_path)  # complete, whatever moment the kill hit
-    codes = _wait(_start_workers(exp, output, 12, 4, _free_ports(2)), timeout=600)
+    codes = _wait(_start_workers(exp, output, 12, 4, free_ports(2)), timeout=600)
     assert codes == [0, 0], _log(output, 0)[-3000:] + _log(output, 1)[-3000:]
     chief = _log(output, 0)
     assert f"steps {resumed_at} -> 12" in chief, chief[-2000:]

@@ -1,10 +1,14 @@
 """ThunderNet's modules against NumPy: the Context Enhancement Module, the Spatial Attention
 Module and the compressed RPN head."""
+import os
+
 import numpy as np
 import tensorflow as tf
 
 from lhrcnn.heads.compressed_rpn import CompressedRPNHead
 from lhrcnn.necks.cem import ContextEnhancement, SpatialAttention
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _conv1x1(x, kernel, bias=None):
@@ -60,3 +64,36 @@ def test_compressed_rpn_shapes_and_layers():
     assert tuple(hidden.shape) == (2, 20, 20, 256)
     assert head.dw.depthwise_kernel.shape == (5, 5, 245, 1) and head.pw.kernel.shape == (1, 1, 245, 256)
     assert not head.dw.use_bias and not head.pw.use_bias
+
+
+THUNDERNET = os.path.join(ROOT, "experiments/lhrcnn/thundernet.snet146.synthetic")
+
+
+def test_thundernet_detector_wiring():
+    """CEM before the RPN, the compressed RPN's feature into SAM, SAM as the thin map: one
+    training step's gradients reach every trainable variable, and the R-CNN loss alone reaches
+    the RPN trunk through SAM (the paper's point); inference gives padded detections."""
+    from lhrcnn.detector import build_detector
+    from test_detector import _tiny_batch
+    tf.keras.utils.set_random_seed(0)
+    detector = build_detector(THUNDERNET, train_rpn_pre_nms_top_n=300, train_rpn_post_nms_top_n=32)
+    c = detector.config
+    assert c.num_anchors == 25 and detector.backbone.name == "snet146"
+    batch = _tiny_batch(0, 128)
+    features, logits, deltas = detector.rpn_stage(detector.features(batch["images"]), training=False)
+    assert tuple(features["CEM"].shape) == (2, 8, 8, 245) and tuple(features["RPN"].shape) == (2, 8, 8, 256)
+    assert tuple(logits.shape) == (2, 8, 8, 50) and tuple(deltas.shape) == (2, 8, 8, 100)
+    thin = detector.roi_head.head_input(features)
+    np.testing.assert_allclose(thin.numpy(), detector.roi_head.neck.call(features).numpy(), rtol=1e-6)
+    with tf.GradientTape(persistent=True) as tape:
+        losses = detector.compute_losses(batch, training=True)
+    grads = tape.gradient(losses["total"], detector.trainable_variables)
+    assert all(g is not None for g in grads)
+    rpn_trunk = [v for v in detector.trainable_variables if "rpn_pw" in v.name or "rpn_dw" in v.name]
+    assert rpn_trunk
+    rcnn_only = tape.gradient(losses["rcnn_cls"], rpn_trunk)
+    assert all(g is not None and float(tf.reduce_sum(tf.abs(g))) > 0 for g in rcnn_only)
+    out = detector({"images": batch["images"], "image_info": batch["image_info"]})
+    assert tuple(out["boxes"].shape) == (2, c.test_max_detections, 4)
+    fc = detector.roi_head.head.fc
+    assert fc.kernel.shape == (245, 1024)  # 7 x 7 x 5 pooled -> one fc 1024

@@ -71,7 +71,8 @@ def _case(args):
                       "s_per_step": seconds}), flush=True)
 
 
-def _free_ports(n):
+def free_ports(n):
+    """n currently free TCP ports on localhost (for loopback clusters)."""
     sockets = [socket.socket() for _ in range(n)]
     for s in sockets:
         s.bind(("localhost", 0))
@@ -102,7 +103,7 @@ def _run_local(case, steps, warmup, height, width, replicas=1):
 
 
 def _run_workers(count, steps, warmup, height, width):
-    ports = _free_ports(count)
+    ports = free_ports(count)
     procs = []
     for index in range(count):
         env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": {"worker": [f"localhost:{p}" for p in ports]},

@@ -45,3 +45,28 @@ class SpatialAttention(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "channels": self.channels}
+
+
+class CEMNeck(ContextEnhancement):
+    """The CEM as a detector's `pre_rpn_neck`: features dict -> {"CEM": [B, H4, W4, channels]}
+    from features `c4` and `c5` (default "C4", "C5")."""
+
+    def __init__(self, channels=245, c4="C4", c5="C5", **kwargs):
+        super().__init__(channels, **kwargs)
+        self.c4_name, self.c5_name = c4, c5
+
+    def call(self, features, training=None):
+        return {"CEM": super().call(features[self.c4_name], features[self.c5_name])}
+
+    def get_config(self):
+        return {**super().get_config(), "c4": self.c4_name, "c5": self.c5_name}
+
+
+class SAMNeck(SpatialAttention):
+    """The SAM as a detector's thin-map neck: features dict (with "CEM" and the RPN's hidden
+    feature "RPN") -> the thin feature map F_CEM · sigmoid(BN(conv1x1(F_RPN)))."""
+
+    takes_feature_dict = True
+
+    def call(self, features, training=None):
+        return super().call(features["CEM"], features["RPN"], training=training)

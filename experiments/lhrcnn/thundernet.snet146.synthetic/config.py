@@ -1,0 +1,28 @@
+"""ThunderNet with SNet146 on the embedded synthetic dataset: the main job's data, schedule and
+optimiser (experiments/lhrcnn/light_head_rcnn.xception_star.synthetic), ThunderNet's detector
+(shared/reference/seed_models.md §2): CEM, compressed RPN with 25 anchors, SAM, PS-RoI-Align with
+5 channels per bin, one fc 1024. Trained from scratch (no ImageNet SNet here)."""
+import importlib.util
+import os
+
+_spec = importlib.util.spec_from_file_location(
+    "_lhrcnn_xception_synthetic_config",
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir,
+                 "light_head_rcnn.xception_star.synthetic", "config.py"))
+_base = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_base)
+
+
+class ExperimentConfig(_base.ExperimentConfig):
+    backbone = "snet146"
+    backbone_options = {"freeze_bn": False, "bn_momentum": 0.9}
+    rpn_feature = "CEM"   # the CEM map (stride 16, 245 channels) carries the RPN
+    head_feature = "CEM"  # (the SAM neck reads "CEM" and the RPN's feature itself)
+    feature_stride = 16
+    rpn_channels = 256
+    # 5 sizes x 5 ratios = 25 anchors (ThunderNet); sizes 16..256 px for the synthetic objects
+    anchor_scales = (1, 2, 4, 8, 16)
+    anchor_ratios = (0.5, 0.75, 1.0, 4.0 / 3.0, 2.0)
+    large_separable_out_channels = 245  # the thin map: 7 x 7 x 5
+    rcnn_fc_channels = 1024
+    thin_map_norm = None
