@@ -90,18 +90,9 @@ def ohem_rcnn_losses(class_logits, box_deltas, labels, box_targets, valid, top_k
     """
     ce, box, valid = _per_roi_losses(class_logits, box_deltas, labels, box_targets, valid, sigma,
                                      class_specific)
-    if image_index is not None:
-        return _ohem_per_image(ce, box, valid, image_index, num_images, top_k, box_loss_weight)
-    combined = tf.where(valid, ce + box, float("-inf"))
-    rows = combined.shape[0] if combined.shape[0] is not None else tf.shape(combined)[0]
-    k_max = min(int(top_k), rows) if isinstance(rows, int) else tf.minimum(int(top_k), rows)
-    _, index = tf.math.top_k(tf.stop_gradient(combined), k=k_max, sorted=True)
-    k = tf.minimum(int(top_k), tf.reduce_sum(tf.cast(valid, tf.int32)))
-    chosen = tf.cast(tf.range(tf.shape(index)[0]) < k, tf.float32)
-    denominator = tf.maximum(tf.cast(k, tf.float32), 1.0)
-    cls_loss = tf.reduce_sum(tf.gather(ce, index) * chosen) / denominator
-    box_loss = box_loss_weight * tf.reduce_sum(tf.gather(box, index) * chosen) / denominator
-    return cls_loss, box_loss
+    if image_index is None:  # the whole batch is one selection: one "image"
+        image_index, num_images = tf.zeros(tf.shape(ce), tf.int32), 1
+    return _ohem_per_image(ce, box, valid, image_index, num_images, top_k, box_loss_weight)
 
 
 def _image_masks(image_index, num_images, valid):
@@ -132,10 +123,9 @@ def rcnn_losses(class_logits, box_deltas, labels, box_targets, valid, box_loss_w
     Returns (cls_loss, box_loss) float32 scalars."""
     ce, box, valid = _per_roi_losses(class_logits, box_deltas, labels, box_targets, valid, sigma,
                                      class_specific)
-    if image_index is not None:
-        mine = tf.cast(_image_masks(image_index, num_images, valid), tf.float32)  # [B, R]
-        count = tf.maximum(tf.reduce_sum(mine, axis=1), 1.0)
-        return (tf.reduce_mean(tf.reduce_sum(mine * ce[None, :], 1) / count),
-                box_loss_weight * tf.reduce_mean(tf.reduce_sum(mine * box[None, :], 1) / count))
-    count = tf.maximum(tf.reduce_sum(tf.cast(valid, tf.float32)), 1.0)
-    return tf.reduce_sum(ce) / count, box_loss_weight * tf.reduce_sum(box) / count
+    if image_index is None:  # the whole batch normalised together: one "image"
+        image_index, num_images = tf.zeros(tf.shape(ce), tf.int32), 1
+    mine = tf.cast(_image_masks(image_index, num_images, valid), tf.float32)  # [B, R]
+    count = tf.maximum(tf.reduce_sum(mine, axis=1), 1.0)
+    return (tf.reduce_mean(tf.reduce_sum(mine * ce[None, :], 1) / count),
+            box_loss_weight * tf.reduce_mean(tf.reduce_sum(mine * box[None, :], 1) / count))

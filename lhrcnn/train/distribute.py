@@ -16,7 +16,6 @@ temporary directory of their own (`worker_directory`) that is removed after each
 """
 import json
 import os
-import shutil
 
 import numpy as np
 import tensorflow as tf
@@ -164,17 +163,12 @@ def is_chief(strategy):
 
 def worker_directory(directory, strategy):
     """Where this worker writes what it is asked to save: `directory` on the chief, a
-    temporary `directory/.tmp_worker_<type>_<id>` elsewhere (see `remove_worker_directory`)."""
+    temporary `directory/.tmp_worker_<type>_<id>` elsewhere (removed after each save by
+    `TrainingCheckpoints.save`)."""
     if is_chief(strategy):
         return directory
     task_type, task_id = task_of(strategy)
     return os.path.join(directory, f".tmp_worker_{task_type}_{task_id}")
-
-
-def remove_worker_directory(directory, strategy):
-    """Removes a non-chief worker's temporary directory (nothing on the chief)."""
-    if not is_chief(strategy):
-        shutil.rmtree(worker_directory(directory, strategy), ignore_errors=True)
 
 
 def model_fingerprint(model):
