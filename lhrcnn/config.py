@@ -55,7 +55,7 @@ class Config:
     # --- backbone
     backbone = "resnet_v1_101"
     backbone_options = {"freeze_bn": True, "freeze_stem": True}
-    rpn_feature = "C4"              # feature the RPN sits on
+    rpn_feature = "C4"              # feature the RPN sits on; a tuple of names: an FPN's levels, one shared head
     head_feature = "C5"             # feature the thin map (or R-FCN head) sits on
     feature_stride = 16
 
@@ -63,6 +63,8 @@ class Config:
     anchor_base_size = 16
     anchor_scales = (2, 4, 8, 16, 32)
     anchor_ratios = (0.5, 1.0, 2.0)
+    anchor_strides = None           # multi-level RPN: each level's true stride (also its base anchor's size)
+    level_anchor_scales = None      # multi-level RPN: per level, the scales (anchor size / level stride)
     box_offset = 1.0                # the original's +1 width convention (0.0 for the modern one)
     box_delta_clip = None           # upper bound of decoded dw/dh (None: the original, no clamp; log(1000/16) is safe)
 
@@ -80,8 +82,16 @@ class Config:
     test_rpn_pre_nms_top_n = 6000
     test_rpn_post_nms_top_n = 1000
 
+    # --- feature pyramid (head "fpn_2fc" / "double_head")
+    fpn_inputs = None               # backbone features the FPN merges, e.g. ("C2", "C3", "C4", "C5")
+    fpn_channels = 256
+    fpn_extra_pool_level = False    # P6 = P5 subsampled by 2 (ResNet-FPN); DetNet has its own C6
+    roi_levels = None               # levels RoIs are pooled from by the FPN rule, e.g. ("P2", "P3", "P4", "P5")
+    roi_align_sampling_ratio = 2
+    roi_align_aligned = True
+
     # --- R-CNN head
-    head = "light_head"             # "light_head" or "rfcn"
+    head = "light_head"             # "light_head", "rfcn", "fpn_2fc" (FPN / DetNet 2-fc) or "double_head"
     roi_pooling = "ps_roi_align"    # "ps_roi_align" (max, 2x2) or "ps_roi_pool"
     ps_group_size = 7
     ps_sampling_ratio = (2, 2)
@@ -92,6 +102,16 @@ class Config:
     thin_map_norm = None            # None: the original; "batch": BatchNorm before the thin map's ReLU
     head_initializer = None         # None: the original's N(0, 0.01) for the thin map and ps_fc_1; or e.g. "he_normal"
     rfcn_channels = 1024            # R-FCN's conv_new_1
+    # Double-Head R-CNN (head "double_head"): conv-head widths and blocks, non-local option, the
+    # conv-head's RoI enlargement, Ext (unfocused supervision + fused scores), loss weights
+    # (conv-cls, conv-reg, fc-cls, fc-reg): Ext 0.5, 2.0, 1.4, 0.6; plain 0, 2.5, 2.0, 0.
+    double_head_conv_channels = 1024
+    double_head_conv_mid_channels = 256
+    double_head_conv_blocks = 4
+    double_head_non_local = False
+    double_head_conv_roi_scale = 1.3
+    double_head_ext = True
+    double_head_loss_weights = (0.5, 2.0, 1.4, 0.6)
     class_specific_regression = True
     bbox_means = (0.0, 0.0, 0.0, 0.0)
     bbox_stds = (0.1, 0.1, 0.2, 0.2)
@@ -168,14 +188,40 @@ class Config:
 
     @property
     def num_anchors(self):
-        return len(self.anchor_scales) * len(self.anchor_ratios)
+        """Anchors per cell (per cell of every level for a multi-level RPN)."""
+        scales = self.level_anchor_scales[0] if self.level_anchor_scales else self.anchor_scales
+        return len(scales) * len(self.anchor_ratios)
+
+    @property
+    def multi_level_rpn(self):
+        return isinstance(self.rpn_feature, (tuple, list))
 
     def validate(self):
         """Checks values whose mistakes would otherwise surface deep inside the graph."""
         def need(cond, msg):
             if not cond:
                 raise ValueError(f"config: {msg}")
-        need(self.head in ("light_head", "rfcn"), f"head must be 'light_head' or 'rfcn', got {self.head!r}")
+        heads = ("light_head", "rfcn", "fpn_2fc", "double_head")
+        need(self.head in heads, f"head must be one of {heads}, got {self.head!r}")
+        if self.multi_level_rpn:
+            levels = len(self.rpn_feature)
+            need(self.anchor_strides is not None and len(self.anchor_strides) == levels,
+                 f"a multi-level rpn_feature {tuple(self.rpn_feature)} needs anchor_strides with one stride per "
+                 f"level, got {self.anchor_strides!r}")
+            need(self.level_anchor_scales is not None and len(self.level_anchor_scales) == levels
+                 and len({len(s) for s in self.level_anchor_scales}) == 1,
+                 f"a multi-level rpn_feature needs level_anchor_scales: one tuple of scales per level, all the "
+                 f"same length (one shared RPN head), got {self.level_anchor_scales!r}")
+        if self.head in ("fpn_2fc", "double_head"):
+            need(bool(self.roi_levels), f"head {self.head!r} needs roi_levels (the pyramid levels RoIs are pooled from)")
+        if self.head == "double_head":
+            need(self.ohem_top_k == 0, "head 'double_head' trains on sampled RoIs: set ohem_top_k = 0 and "
+                 "roi_batch_size_per_image (e.g. 512)")
+            need(len(self.double_head_loss_weights) == 4,
+                 "double_head_loss_weights must be (conv-cls, conv-reg, fc-cls, fc-reg)")
+            need(self.double_head_ext or (self.double_head_loss_weights[0] == 0 and self.double_head_loss_weights[3] == 0),
+                 "without double_head_ext there is no conv-head classifier or fc-head regressor: their loss "
+                 f"weights must be 0, got {self.double_head_loss_weights}")
         need(self.roi_pooling in ("ps_roi_align", "ps_roi_pool"),
              f"roi_pooling must be 'ps_roi_align' or 'ps_roi_pool', got {self.roi_pooling!r}")
         need(len(self.class_names) >= 2, "class_names needs the background and at least one class")

@@ -13,22 +13,39 @@ from lhrcnn.config import load_config, load_network_module
 from lhrcnn.keras import keras
 
 
+def _flatten_levels(maps):
+    """Per-level [B, H_l, W_l, K] maps -> [B, Σ H_l·W_l, 1, K], level-major then (y, x): the
+    single-map code (proposals, anchor targets, losses) reads it as one map."""
+    return tf.concat([tf.reshape(m, [tf.shape(m)[0], -1, 1, m.shape[-1]]) for m in maps], axis=1)
+
+
 class RPN(keras.layers.Layer):
-    """features dict -> (objectness_logits [B, H, W, 2A], box_deltas [B, H, W, 4A])."""
+    """features dict -> (objectness_logits [B, H, W, 2A], box_deltas [B, H, W, 4A]).
+
+    With a tuple of feature names (an FPN's levels) the head is shared over the levels and the
+    outputs are every level's, flattened and concatenated: [B, Σ H_l·W_l, 1, 2A] and [..., 4A],
+    in the order of `TwoStageDetector.anchors`."""
 
     def __init__(self, head, feature_name, **kwargs):
         super().__init__(**kwargs)
         self.head, self.feature_name = head, feature_name
 
+    @property
+    def multi_level(self):
+        return isinstance(self.feature_name, (tuple, list))
+
     def call(self, features, training=None):
-        return self.head(features[self.feature_name], training=training)
+        if not self.multi_level:
+            return self.head(features[self.feature_name], training=training)
+        outputs = [self.head(features[name], training=training) for name in self.feature_name]
+        return _flatten_levels([o[0] for o in outputs]), _flatten_levels([o[1] for o in outputs])
 
     def with_hidden(self, features, training=None):
         """(logits, deltas, hidden): `hidden` is the head's intermediate feature when the head
         exposes one (`call_with_hidden`, e.g. ThunderNet's compressed RPN, whose feature feeds
         the Spatial Attention Module), else None."""
-        x = features[self.feature_name]
-        if hasattr(self.head, "call_with_hidden"):
+        if hasattr(self.head, "call_with_hidden") and not self.multi_level:
+            x = features[self.feature_name]
             return self.head.call_with_hidden(x, training=training)
         logits, deltas = self(features, training=training)
         return logits, deltas, None
@@ -49,6 +66,8 @@ class RoIHead(keras.layers.Layer):
         return self.neck(x, training=training) if self.neck is not None else x
 
     def call(self, features, rois, training=None):
+        if getattr(self.head, "takes_feature_dict", False):  # FPN heads: pool from several levels
+            return self.head(features, rois, training=training)
         return self.head(self.head_input(features, training=training), rois)
 
 
@@ -72,8 +91,13 @@ class TwoStageDetector(keras.Model):
         self.pre_rpn_neck = pre_rpn_neck
         self.rpn = RPN(rpn_head, config.rpn_feature, name="rpn")
         self.roi_head = RoIHead(roi_head, config.head_feature, neck=neck, name="roi_head")
-        self.base_anchors = anchor_lib.generate_base_anchors(config.anchor_base_size, config.anchor_ratios,
-                                                             config.anchor_scales)
+        if self.rpn.multi_level:  # one base set per level, centred on the level's cells
+            self.level_base_anchors = [
+                anchor_lib.generate_base_anchors(stride, config.anchor_ratios, scales)
+                for stride, scales in zip(config.anchor_strides, config.level_anchor_scales)]
+        else:
+            self.base_anchors = anchor_lib.generate_base_anchors(config.anchor_base_size, config.anchor_ratios,
+                                                                 config.anchor_scales)
 
     # ------------------------------------------------------------------ shared stages
     jit_compile_backbone = False  # set (e.g. by the Trainer's `jit_compile`) to run the backbone through XLA
@@ -103,17 +127,26 @@ class TwoStageDetector(keras.Model):
             features = {**features, "RPN": hidden}
         return features, logits, deltas
 
-    def anchors(self, feature_map):
-        """Anchors [H·W·A, 4] of a [B, H, W, C] map, in the RPN's (y, x, a) order."""
-        shape = tf.shape(feature_map)
-        return anchor_lib.grid_anchors(self.base_anchors, shape[1], shape[2], self.config.feature_stride)
+    def anchors(self, features):
+        """Anchors [N, 4] of the RPN's feature map(s) (features: the feature dict), in the RPN
+        outputs' order: (y, x, a) of one map, or level-major then (y, x, a) over an FPN's levels
+        (each level's anchors on its own true stride: DetNet's P4-P6 are all stride 16)."""
+        c = self.config
+        if not self.rpn.multi_level:
+            shape = tf.shape(features[c.rpn_feature])
+            return anchor_lib.grid_anchors(self.base_anchors, shape[1], shape[2], c.feature_stride)
+        per_level = []
+        for name, base, stride in zip(c.rpn_feature, self.level_base_anchors, c.anchor_strides):
+            shape = tf.shape(features[name])
+            per_level.append(anchor_lib.grid_anchors(base, shape[1], shape[2], stride))
+        return tf.concat(per_level, axis=0)
 
     def _proposals(self, features, rpn_logits, rpn_deltas, image_info, training):
         c = self.config
         pre, post = ((c.train_rpn_pre_nms_top_n, c.train_rpn_post_nms_top_n) if training
                      else (c.test_rpn_pre_nms_top_n, c.test_rpn_post_nms_top_n))
         return proposals.generate_proposals(
-            tf.stop_gradient(rpn_logits), tf.stop_gradient(rpn_deltas), self.anchors(features[c.rpn_feature]),
+            tf.stop_gradient(rpn_logits), tf.stop_gradient(rpn_deltas), self.anchors(features),
             image_info, pre, post, c.rpn_nms_threshold, offset=c.box_offset, backend=c.ops_backend,
             clip_scale=c.box_delta_clip)
 
@@ -125,6 +158,7 @@ class TwoStageDetector(keras.Model):
         class_logits, box_deltas = self.roi_head(features, rois, training=training)
         c = self.config
         return postprocess.detect(class_logits, box_deltas, rois, valid, image_info, c.num_classes,
+                                  probabilities=getattr(self.roi_head.head, "outputs_probabilities", False),
                                   nms_threshold=c.test_nms, score_threshold=c.test_score_threshold,
                                   max_detections=c.test_max_detections, bbox_means=c.bbox_means,
                                   bbox_stds=c.bbox_stds, offset=c.box_offset, backend=c.ops_backend,
@@ -139,7 +173,7 @@ class TwoStageDetector(keras.Model):
         images, image_info = batch["images"], batch["image_info"]
         gt_boxes, gt_classes = batch["gt_boxes"], batch["gt_classes"]
         features, rpn_logits, rpn_deltas = self.rpn_stage(self.features(images, training=training), training)
-        anchors = self.anchors(features[c.rpn_feature])
+        anchors = self.anchors(features)
         labels, box_targets = targets.anchor_targets(
             anchors, gt_boxes, gt_classes, image_info, positive_overlap=c.rpn_positive_overlap,
             negative_overlap=c.rpn_negative_overlap, batch_size=c.rpn_batch_size, fg_fraction=c.rpn_fg_fraction,
@@ -154,11 +188,19 @@ class TwoStageDetector(keras.Model):
             bg_threshold_low=c.roi_bg_threshold_low, fg_fraction=c.roi_fg_fraction, append_gt=c.roi_append_gt,
             means=c.bbox_means, stds=c.bbox_stds, class_specific=c.class_specific_regression, offset=c.box_offset)
         rois = tf.stop_gradient(rois)
+        per_image_args = dict(image_index=tf.cast(rois[:, 0], tf.int32), num_images=tf.shape(images)[0]) \
+            if per_image else {}
+        if hasattr(self.roi_head.head, "outputs"):  # Double-Head: every head's outputs have a loss
+            rcnn_cls, rcnn_box = losses.double_head_losses(
+                self.roi_head.head.outputs(features, rois, training=training), roi_labels, roi_box_targets,
+                sample_valid, weights=c.double_head_loss_weights, class_specific=c.class_specific_regression,
+                **per_image_args)
+            out = {"rpn_cls": rpn_cls, "rpn_box": rpn_box, "rcnn_cls": rcnn_cls, "rcnn_box": rcnn_box}
+            out["total"] = tf.add_n(list(out.values()))
+            return out
         class_logits, box_deltas = self.roi_head(features, rois, training=training)
         # "image": every image's losses normalised alone (OHEM keeps ohem_top_k / images per image),
         # then averaged: R replicas of B/R images then equal one device with B images.
-        per_image_args = dict(image_index=tf.cast(rois[:, 0], tf.int32), num_images=tf.shape(images)[0]) \
-            if per_image else {}
         if c.ohem_top_k > 0:
             top_k = max(1, c.ohem_top_k // c.train_batch_per_gpu) if per_image else c.ohem_top_k
             rcnn_cls, rcnn_box = losses.ohem_rcnn_losses(

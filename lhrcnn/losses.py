@@ -129,3 +129,32 @@ def rcnn_losses(class_logits, box_deltas, labels, box_targets, valid, box_loss_w
     count = tf.maximum(tf.reduce_sum(mine, axis=1), 1.0)
     return (tf.reduce_mean(tf.reduce_sum(mine * ce[None, :], 1) / count),
             box_loss_weight * tf.reduce_mean(tf.reduce_sum(mine * box[None, :], 1) / count))
+
+
+def double_head_losses(outputs, labels, box_targets, valid, weights=(0.5, 2.0, 1.4, 0.6), sigma=1.0,
+                       class_specific=True, image_index=None, num_images=None):
+    """Double-Head R-CNN's R-CNN losses (shared/reference/seed_models.md §3.5) over sampled RoIs.
+
+    Args:
+      outputs: `DoubleHead.outputs(...)`: "fc_cls", "conv_reg" and, for Double-Head-Ext,
+        "fc_reg", "conv_cls" (logits / normalised deltas).
+      weights: (conv-cls, conv-reg, fc-cls, fc-reg) = ω·λ products; Ext (official) 0.5, 2.0, 1.4,
+        0.6; plain Double-Head 0, 2.5, 2.0, 0. A term whose output is absent must have weight 0.
+      Other arguments as `rcnn_losses` (each term is its mean over the valid RoIs).
+    Returns:
+      (cls_loss, box_loss): the weighted sums of the classification terms (fc, conv) and of the
+      regression terms (conv, fc).
+    """
+    w_conv_cls, w_conv_reg, w_fc_cls, w_fc_reg = (float(w) for w in weights)
+    for key, w in (("conv_cls", w_conv_cls), ("fc_reg", w_fc_reg)):
+        if w and key not in outputs:
+            raise ValueError(f"double_head_losses: weight {w} for {key!r}, but the head has no {key!r} output "
+                             "(Double-Head-Ext only)")
+    common = dict(sigma=sigma, class_specific=class_specific, image_index=image_index, num_images=num_images)
+    fc_cls, fc_reg = rcnn_losses(outputs["fc_cls"], outputs.get("fc_reg", outputs["conv_reg"]), labels,
+                                 box_targets, valid, **common)
+    conv_cls, conv_reg = rcnn_losses(outputs.get("conv_cls", outputs["fc_cls"]), outputs["conv_reg"], labels,
+                                     box_targets, valid, **common)
+    cls_loss = w_fc_cls * fc_cls + (w_conv_cls * conv_cls if "conv_cls" in outputs else 0.0)
+    box_loss = w_conv_reg * conv_reg + (w_fc_reg * fc_reg if "fc_reg" in outputs else 0.0)
+    return cls_loss, box_loss

@@ -26,7 +26,8 @@ DILATED_UNITS = 3
 DILATED_BOTTLENECK = 256
 
 
-def dilated_bottleneck(x, depth, projection, *, name, bn_frozen, bn_epsilon, bn_momentum):
+def dilated_bottleneck(x, depth, projection, *, name, bn_frozen, bn_epsilon, bn_momentum,
+                       bottleneck=DILATED_BOTTLENECK):
     """DetNet's dilated bottleneck: type B (`projection`: 1x1 conv + BN shortcut) or type A
     (identity shortcut; needs C_in == depth). Stride 1 throughout, 3x3 with dilation 2."""
     def conv_bn(filters, kernel_size, suffix, **kwargs):
@@ -38,21 +39,23 @@ def dilated_bottleneck(x, depth, projection, *, name, bn_frozen, bn_epsilon, bn_
         if x.shape[-1] != depth:
             raise ValueError(f"{name}: a type-A unit needs C_in == C_out, got {x.shape[-1]} -> {depth}")
         shortcut = x
-    y = conv_bn(DILATED_BOTTLENECK, 1, "conv1", relu=True)(x)
-    y = conv_bn(DILATED_BOTTLENECK, 3, "conv2", dilation_rate=2, padding="same", relu=True)(y)
+    y = conv_bn(bottleneck, 1, "conv1", relu=True)(x)
+    y = conv_bn(bottleneck, 3, "conv2", dilation_rate=2, padding="same", relu=True)(y)
     y = conv_bn(depth, 1, "conv3")(y)
     out = keras.layers.Add(name=f"{name}_add")([shortcut, y])
     return keras.layers.ReLU(name=f"{name}_relu")(out)
 
 
 def detnet59(*, stage56_channels=1024, freeze_bn=True, freeze_stem=True, bn_epsilon=layers.DEFAULT_BN_EPSILON,
-             bn_momentum=layers.DEFAULT_BN_MOMENTUM):
+             bn_momentum=layers.DEFAULT_BN_MOMENTUM, width_divisor=1):
     """Build DetNet-59 as a functional Keras model named "detnet59".
 
     Args:
       stage56_channels: output channels of stages 5 and 6 (default 1024).
       freeze_bn: every BatchNorm frozen (the paper: all BN frozen when fine-tuning a detector).
       freeze_stem: conv1 and stage 2 (block1) not trainable (the paper freezes stage 1).
+      width_divisor: every convolution's width (stage56_channels included) divided by this
+        (1: the real network; the synthetic experiment's small variant uses 4).
     Returns:
       keras.Model `images [B, H, W, 3]` → {"C2", "C3", "C4", "C5", "C6"}, with
       `feature_strides` and `feature_channels`.
@@ -60,9 +63,10 @@ def detnet59(*, stage56_channels=1024, freeze_bn=True, freeze_stem=True, bn_epsi
     if stage56_channels < 1:
         raise ValueError(f"stage56_channels must be positive, got {stage56_channels}")
     bn = dict(bn_epsilon=bn_epsilon, bn_momentum=bn_momentum)
+    div = layers.check_width_divisor(width_divisor)
     stem_bn_frozen = freeze_bn or freeze_stem
     images = keras.Input(shape=(None, None, 3), dtype="float32", name="images")
-    x = layers.ConvBN(64, 7, strides=2, padding="slim_same", relu=True, conv_trainable=not freeze_stem,
+    x = layers.ConvBN(64 // div, 7, strides=2, padding="slim_same", relu=True, conv_trainable=not freeze_stem,
                       bn_frozen=stem_bn_frozen, name="conv1", **bn)(images)
     x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="pool1")(x)
     features, strides, channels = {}, {}, {}
@@ -71,17 +75,17 @@ def detnet59(*, stage56_channels=1024, freeze_bn=True, freeze_stem=True, bn_epsi
             zip(RESNET50_UNITS, BLOCK_DEPTHS, (1, 2, 2)), start=1):
         is_stem = block == 1
         for unit in range(1, units + 1):
-            x = bottleneck_v1(x, depth, bottleneck, first_stride if unit == 1 else 1, 1,
+            x = bottleneck_v1(x, depth // div, bottleneck // div, first_stride if unit == 1 else 1, 1,
                               name=f"block{block}_unit{unit}", trainable=not (is_stem and freeze_stem),
                               bn_frozen=stem_bn_frozen if is_stem else freeze_bn, **bn)
         stride *= first_stride
         feature = f"C{block + 1}"
-        features[feature], strides[feature], channels[feature] = x, stride, depth
+        features[feature], strides[feature], channels[feature] = x, stride, depth // div
     for stage in (5, 6):
         for unit in range(1, DILATED_UNITS + 1):
-            x = dilated_bottleneck(x, stage56_channels, projection=unit == 1, name=f"stage{stage}_unit{unit}",
-                                   bn_frozen=freeze_bn, **bn)
+            x = dilated_bottleneck(x, stage56_channels // div, projection=unit == 1, name=f"stage{stage}_unit{unit}",
+                                   bn_frozen=freeze_bn, bottleneck=DILATED_BOTTLENECK // div, **bn)
         feature = f"C{stage}"
-        features[feature], strides[feature], channels[feature] = x, 16, stage56_channels
+        features[feature], strides[feature], channels[feature] = x, 16, stage56_channels // div
     model = keras.Model(inputs=images, outputs=features, name="detnet59")
     return layers.attach_feature_info(model, strides, channels)

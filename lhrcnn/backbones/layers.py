@@ -256,6 +256,15 @@ def attach_feature_info(model, strides, channels):
     return model
 
 
+def check_width_divisor(width_divisor):
+    """The backbones' `width_divisor` option: a positive integer dividing 64 (every width of the
+    ResNet family is a multiple of 64)."""
+    if isinstance(width_divisor, bool) or not isinstance(width_divisor, int) or width_divisor < 1 \
+            or 64 % width_divisor:
+        raise ValueError(f"width_divisor must be a positive integer dividing 64, got {width_divisor!r}")
+    return width_divisor
+
+
 def shortcut(x, depth, stride, shortcut_conv, name):
     """slim's residual shortcut: `x` itself (subsampled by a 1x1 max-pool when strided, slim
     `resnet_utils.subsample`) when its depth already is `depth`, else `shortcut_conv(x)` (the

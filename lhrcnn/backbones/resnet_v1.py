@@ -68,7 +68,7 @@ def bottleneck_v1(x, depth, depth_bottleneck, stride, rate, *, name, trainable, 
 
 
 def resnet_v1(name, *, dilate_block4=True, freeze_bn=True, freeze_stem=True,
-              bn_epsilon=layers.DEFAULT_BN_EPSILON, bn_momentum=layers.DEFAULT_BN_MOMENTUM):
+              bn_epsilon=layers.DEFAULT_BN_EPSILON, bn_momentum=layers.DEFAULT_BN_MOMENTUM, width_divisor=1):
     """Build `resnet_v1_50` or `resnet_v1_101` as a functional Keras model named `name`.
 
     Args:
@@ -82,6 +82,8 @@ def resnet_v1(name, *, dilate_block4=True, freeze_bn=True, freeze_stem=True,
         frozen too, whatever `freeze_bn` says, so frozen features stay fixed).
       bn_epsilon: BatchNorm epsilon (slim 1e-5).
       bn_momentum: moving-average momentum of trainable BatchNorms (slim decay 0.997).
+      width_divisor: every convolution's width divided by this (1: the real network; the
+        synthetic experiments' small variants use 4, 16x fewer multiply-adds, same topology).
 
     Returns:
       keras.Model `images [B, H, W, 3] float32` → {"C2", "C3", "C4", "C5": `[B, h, w, C]`},
@@ -90,11 +92,12 @@ def resnet_v1(name, *, dilate_block4=True, freeze_bn=True, freeze_stem=True,
     if name not in UNITS_PER_BLOCK:
         raise ValueError(f"unknown ResNet-v1 variant {name!r}; known: {sorted(UNITS_PER_BLOCK)}")
     bn_kwargs = dict(bn_epsilon=bn_epsilon, bn_momentum=bn_momentum)
+    div = layers.check_width_divisor(width_divisor)
     stem_trainable = not freeze_stem
     stem_bn_frozen = freeze_bn or freeze_stem
 
     images = keras.Input(shape=(None, None, 3), dtype="float32", name="images")
-    x = layers.ConvBN(64, 7, strides=2, padding="slim_same", relu=True,
+    x = layers.ConvBN(64 // div, 7, strides=2, padding="slim_same", relu=True,
                       conv_trainable=stem_trainable, bn_frozen=stem_bn_frozen,
                       bn_epsilon=bn_epsilon, bn_momentum=bn_momentum, name="conv1")(images)
     x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="pool1")(x)
@@ -109,14 +112,14 @@ def resnet_v1(name, *, dilate_block4=True, freeze_bn=True, freeze_stem=True,
         is_stem = block_index == 1
         for unit in range(1, num_units + 1):
             x = bottleneck_v1(
-                x, depth, depth_bottleneck, stride if unit == 1 else 1, rate,
+                x, depth // div, depth_bottleneck // div, stride if unit == 1 else 1, rate,
                 name=f"block{block_index}_unit{unit}",
                 trainable=stem_trainable if is_stem else True,
                 bn_frozen=stem_bn_frozen if is_stem else freeze_bn, **bn_kwargs)
         current_stride *= stride
         features[feature] = x
         strides[feature] = current_stride
-        channels[feature] = depth
+        channels[feature] = depth // div
 
     model = keras.Model(inputs=images, outputs=features, name=name)
     return layers.attach_feature_info(model, strides, channels)

@@ -9,7 +9,7 @@ from lhrcnn.boxes import coder
 
 def detect(class_logits, box_deltas, rois, rois_valid, image_info, num_classes, *, nms_threshold=0.5,
            score_threshold=0.0, max_detections=100, bbox_means=(0.0, 0.0, 0.0, 0.0),
-           bbox_stds=(0.1, 0.1, 0.2, 0.2), offset=1.0, backend=None, clip_scale=None):
+           bbox_stds=(0.1, 0.1, 0.2, 0.2), offset=1.0, backend=None, clip_scale=None, probabilities=False):
     """Detections of a batch.
 
     Args:
@@ -19,6 +19,8 @@ def detect(class_logits, box_deltas, rois, rois_valid, image_info, num_classes, 
       rois_valid: [B·R] bool (padding rows are False).
       image_info: [B, 5] (resized h, w, scale, original h, w).
       clip_scale: upper bound of dw/dh before exp (None: the original, no clamp).
+      probabilities: `class_logits` already holds the class scores (e.g. Double-Head-Ext's
+        fused scores, which need not sum to 1) and is used as is instead of its softmax.
     Returns:
       dict of boxes [B, K, 4] (x1, y1, x2, y2 in original-image pixels), scores [B, K],
       classes [B, K] int32 (1..num_classes-1, 0 for padding), num_detections [B] int32, K = max_detections.
@@ -28,7 +30,7 @@ def detect(class_logits, box_deltas, rois, rois_valid, image_info, num_classes, 
     """
     batch = tf.shape(image_info)[0]
     fg = num_classes - 1
-    probs = tf.reshape(tf.nn.softmax(class_logits), [batch, -1, num_classes])
+    probs = tf.reshape(class_logits if probabilities else tf.nn.softmax(class_logits), [batch, -1, num_classes])
     per_image = tf.shape(probs)[1]
     deltas = tf.reshape(box_deltas, [batch, per_image, -1, 4])
     deltas = deltas * tf.constant(bbox_stds, tf.float32) + tf.constant(bbox_means, tf.float32)

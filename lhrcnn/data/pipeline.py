@@ -98,6 +98,22 @@ def resized_shape(height, width, short_size, max_size):
             tf.cast(scale, tf.float32))
 
 
+def training_sizes(config):
+    """(short, max) training sizes: numbers, or for multi-scale training two tuples of the same
+    length (a scalar image_max_size is used with every short size)."""
+    short, longest = config.image_short_size, config.image_max_size
+    if not isinstance(short, (tuple, list)):
+        if isinstance(longest, (tuple, list)):
+            raise ValueError("config: image_max_size is a tuple but image_short_size is not")
+        return short, longest
+    short = tuple(float(v) for v in short)
+    longest = tuple(float(v) for v in longest) if isinstance(longest, (tuple, list)) else (float(longest),) * len(short)
+    if not short or len(longest) != len(short) or min(short + longest) <= 0:
+        raise ValueError(f"config: multi-scale image_short_size {config.image_short_size} needs image_max_size "
+                         f"as one number or a tuple of the same length, all positive; got {config.image_max_size}")
+    return short, longest
+
+
 def _is_supported_image(raw):
     """True if the bytes start with a JPEG, PNG, GIF, BMP or WebP signature."""
     # The first 12 bytes, zero-padded: substr past the end of a shorter file would raise.
@@ -144,7 +160,9 @@ def make_dataset(dataset, config, *, training, batch_size, shuffle=None, seed=No
                  cache=None, group_by_aspect_ratio=None, skip=0):
     """The input pipeline of a DetectionDataset.
 
-    Training uses config.image_short_size / image_max_size and flips each image with p = 0.5;
+    Training uses config.image_short_size / image_max_size and flips each image with p = 0.5
+    (multi-scale training: with a tuple of short sizes, each image draws one of them, paired with
+    the same position of image_max_size when that is a tuple too);
     evaluation uses config.eval_image_short_size / eval_image_max_size and never flips. Images
     are RGB minus config.image_mean[::-1] (the mean is listed in BGR order), no std; each is
     padded bottom/right with zeros to multiples of config.size_divisor, then batched to the
@@ -221,7 +239,7 @@ def make_dataset(dataset, config, *, training, batch_size, shuffle=None, seed=No
     if seed is None:
         seed = int(np.random.SeedSequence().generate_state(1)[0] >> 1)
     if training:
-        short_size, max_size = config.image_short_size, config.image_max_size
+        short_size, max_size = training_sizes(config)
     else:
         short_size, max_size = config.eval_image_short_size, config.eval_image_max_size
     divisor = int(config.size_divisor)
@@ -251,7 +269,13 @@ def make_dataset(dataset, config, *, training, batch_size, shuffle=None, seed=No
     def preprocess(element):
         image = element["image"]
         height, width = tf.shape(image)[0], tf.shape(image)[1]
-        new_h, new_w, scale = resized_shape(height, width, short_size, max_size)
+        if isinstance(short_size, tuple):  # multi-scale training: one size per image, reproducible
+            pick = tf.random.stateless_uniform([], seed=tf.stack([tf.constant(seed, tf.int64) + 1, element["position"]]),
+                                               maxval=len(short_size), dtype=tf.int32)
+            new_h, new_w, scale = resized_shape(height, width, tf.gather(tf.constant(short_size, tf.float64), pick),
+                                                tf.gather(tf.constant(max_size, tf.float64), pick))
+        else:
+            new_h, new_w, scale = resized_shape(height, width, short_size, max_size)
         image = tf.image.resize(image, tf.stack([new_h, new_w]), method="bilinear")
         boxes = element["boxes"] * scale
         if training:
