@@ -3,7 +3,7 @@ parameters, counted on the TensorFlow graph of one forward pass at a fixed input
 
 Counted: every Conv2D (k_h·k_w·C_in per output element; a dilated convolution runs as
 space-to-batch + Conv2D and is counted there), DepthwiseConv2dNative (k_h·k_w per output
-element), MatMul / BatchMatMul (M·N·K). Not counted, as in the papers: BatchNorm (folded or elementwise),
+element), MatMul / BatchMatMul (M·N·K), Einsum (the product of all its index sizes). Not counted, as in the papers: BatchNorm (folded or elementwise),
 biases, activations, pooling (RoI pooling included), resizing, additions, NMS and box decoding.
 Ops inside nested functions (tf.cond branches, loops: counted once) are included.
 """
@@ -12,7 +12,7 @@ import collections
 import numpy as np
 import tensorflow as tf
 
-MAC_OPS = ("Conv2D", "DepthwiseConv2dNative", "MatMul", "BatchMatMulV2", "BatchMatMulV3")
+MAC_OPS = ("Conv2D", "DepthwiseConv2dNative", "MatMul", "BatchMatMulV2", "BatchMatMulV3", "Einsum")
 
 
 def _static(shape):
@@ -40,6 +40,15 @@ def _op_macs(op):
             return None
         k = a[0] if op.get_attr("transpose_a") else a[1]
         return out[0] * out[1] * k
+    if kind == "Einsum":  # a contraction: one multiply-add per combination of all its indices
+        equation = op.get_attr("equation").decode()
+        sizes = {}
+        for term, tensor in zip(equation.split("->")[0].split(","), op.inputs):
+            shape = _static(tensor.shape)
+            if shape is None or "." in term:
+                return None
+            sizes.update(zip(term, shape))
+        return int(np.prod([sizes[i] for i in sizes]))
     if kind.startswith("BatchMatMul"):
         a, out = _static(op.inputs[0].shape), _static(op.outputs[0].shape)
         if a is None or out is None:

@@ -1,7 +1,8 @@
 """Benchmarks: prints a table per section and writes all results to a json file.
 
   python scripts/benchmark.py [--sections ops --sections models --sections throughput --sections export
-                               --sections distribute] [--models r101,xception,synthetic]
+                               --sections distribute --sections family] [--models r101,xception,synthetic]
+                              [--family_models thundernet_snet49,thundernet_snet146,...]
                               [--repeats 15] [--peer] [--json output/benchmark.json]
 
 Sections: ops (custom ops against stock-TF formulations), models (whole detectors: latency, GFLOP,
@@ -9,7 +10,8 @@ floor, stage split, training step), throughput (training images/s of the default
 experiments, the input pipeline alone, evaluation images/s), export (the SavedModel's latency with
 stock and custom ops, batch 1 and 8, next to the in-process detector), distribute (training on 1 and 2
 logical CPU devices and 1 and 2 local workers, scaling efficiency, and the R-101 all-reduce cost on 8
-GPUs). Default: all five. --peer also measures TF Model Garden's Faster R-CNN
+GPUs), family (ThunderNet SNet49/146/535 at 320x320, DetNet-59 FPN and Double-Head R-50-FPN at 800x1344:
+batch-1 CPU latency on all cores and on one thread, next to the papers' images/s). Default: all six. --peer also measures TF Model Garden's Faster R-CNN
 R-50-FPN in a separate environment (installed on first use). Targets are reported, never asserted.
 """
 import json
@@ -22,8 +24,10 @@ from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-FLAGS = flags.DEFINE_multi_string("sections", ["ops", "models", "throughput", "export", "distribute"],
-                                  "Sections to run: ops, models, throughput, export, distribute.")
+FLAGS = flags.DEFINE_multi_string("sections", ["ops", "models", "throughput", "export", "distribute", "family"],
+                                  "Sections to run: ops, models, throughput, export, distribute, family.")
+FAMILY = flags.DEFINE_list("family_models", None, "Models of the family section (default: all; see "
+                           "lhrcnn/bench/family_bench.py).")
 DIST_STEPS = flags.DEFINE_integer("distribute_steps", 10, "Timed training steps per case (distribute).")
 TRAIN_STEPS = flags.DEFINE_integer("train_steps", 30, "Timed training steps of the default model (throughput).")
 R101_STEPS = flags.DEFINE_integer("r101_steps", 2, "Timed training steps of R-101 at 800x1333 (0 = skip).")
@@ -109,8 +113,16 @@ def main(argv):
             for link, ms in comm["allreduce_ms"].items():
                 print(f"  {link}: {ms:.1f} ms")
             results["distribute"] = {"rows": rows, **extra}
+        elif section == "family":
+            from lhrcnn.bench import family_bench
+            rows, extra = family_bench.run(FAMILY.value or tuple(family_bench.MODELS), repeats=max(5, REPEATS.value))
+            print(f"\n== family (batch 1, median after warm-up; {extra['cpus']} cores; GEMM peak "
+                  f"{extra['gemm_gflops'] / 2:.0f} GMAC/s) ==")
+            print(format_table(rows, family_bench.COLUMNS))
+            results["family"] = {"rows": rows, **extra}
         else:
-            raise app.UsageError(f"unknown section {section!r} (known: ops, models, throughput, export, distribute)")
+            raise app.UsageError(f"unknown section {section!r} (known: ops, models, throughput, export, distribute, "
+                                 "family)")
     os.makedirs(os.path.dirname(os.path.abspath(JSON.value)), exist_ok=True)
     tmp = JSON.value + ".tmp"
     with open(tmp, "w") as f:

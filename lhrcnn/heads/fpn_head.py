@@ -72,7 +72,9 @@ class MultiLevelRoIAlign(keras.layers.Layer):
             order.append(index)
         # Back to the RoIs' order: row j of the concatenation is RoI order[j].
         inverse = tf.math.invert_permutation(tf.cast(tf.concat(order, axis=0), tf.int32))
-        return tf.gather(tf.concat(pooled, axis=0), inverse)
+        out = tf.gather(tf.concat(pooled, axis=0), inverse)
+        out.set_shape([rois.shape[0]] + out.shape[1:].as_list())  # one row per RoI (static when R is)
+        return out
 
     def get_config(self):
         return {**super().get_config(), "level_strides": self.level_strides, "output_size": self.output_size,

@@ -1,12 +1,33 @@
-"""Two-stage detectors on a feature pyramid, assembled from a Config (the experiments'
-network_desp.py call these): DetNet-59-FPN and ResNet-50-FPN with the FPN 2-fc head
-(shared/reference/seed_models.md §1.3), and Double-Head R-CNN (§3)."""
+"""Detectors of the family assembled from a Config (the experiments' network_desp.py call
+these): ThunderNet (shared/reference/seed_models.md §2); DetNet-59-FPN and ResNet-50-FPN with
+the FPN 2-fc head (§1.3); Double-Head R-CNN (§3)."""
 from lhrcnn.backbones import build_backbone
 from lhrcnn.detector import TwoStageDetector
-from lhrcnn.heads import RPNHead
+from lhrcnn.heads import LightHead, RPNHead
+from lhrcnn.heads.compressed_rpn import CompressedRPNHead
 from lhrcnn.heads.double_head import DoubleHead
 from lhrcnn.heads.fpn_head import TwoFCHead
+from lhrcnn.necks.cem import CEMNeck, SAMNeck
 from lhrcnn.necks.fpn import FPN
+
+
+def build_thundernet(config):
+    """ThunderNet: SNet backbone; the Context Enhancement Module on C4, C5 and the global pool of
+    C5 (config.large_separable_out_channels = 245 = 7 x 7 x 5); the compressed RPN (5x5 depthwise
+    + 1x1 config.rpn_channels) on the CEM map; the Spatial Attention Module (the RPN feature
+    reweights the CEM map) as the thin map; PS-RoI-Align with 5 channels per bin; one fc
+    (config.rcnn_fc_channels = 1024)."""
+    channels = config.large_separable_out_channels
+    return TwoStageDetector(
+        config,
+        backbone=build_backbone(config.backbone, **config.backbone_options),
+        pre_rpn_neck=CEMNeck(channels, name="cem"),
+        rpn_head=CompressedRPNHead(config.num_anchors, config.rpn_channels),
+        neck=SAMNeck(channels, name="sam"),
+        roi_head=LightHead(config.num_classes, config.ps_group_size, 1.0 / config.feature_stride,
+                           pooling=config.roi_pooling, sampling_ratio=config.ps_sampling_ratio,
+                           fc_channels=config.rcnn_fc_channels, class_specific=config.class_specific_regression,
+                           backend=config.ops_backend, fc_initializer=config.head_initializer))
 
 
 def build_fpn_detector(config):

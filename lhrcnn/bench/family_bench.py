@@ -1,0 +1,125 @@
+"""CPU inference latency of the family's detectors at their papers' input sizes (issue #8): batch 1,
+median after warm-up, on all cores and on one thread (a fresh process with one intra-op and one
+inter-op thread, the papers' single-threaded setting), next to the papers' figures. Each row also
+gives the multiply-adds, the achieved GMAC/s against the machine's GEMM peak, the split between
+the backbone and the rest (neck, RPN, proposals, R-CNN head, post-processing) and the graph's op
+count, which together say what limits the model: arithmetic (near the GEMM peak), op overhead
+(many small ops: latency per op x op count), or a slow stage.
+
+  python -m lhrcnn.bench.family_bench [--models thundernet_snet49,...] [--single KEY]
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+EXP = os.path.join(ROOT, "experiments", "lhrcnn")
+
+# key -> (label, experiment, (height, width), paper images/s (single-threaded Xeon E5-2682 v4) or None,
+#         paper note, target images/s on this machine or None)
+MODELS = {
+    "thundernet_snet49": ("ThunderNet SNet49", "thundernet.snet49.coco", (320, 320), 47.3,
+                          "Xeon E5-2682 v4, 1 thread; Snapdragon 845: 24.1", 24.0),
+    "thundernet_snet146": ("ThunderNet SNet146", "thundernet.snet146.coco", (320, 320), 32.3,
+                           "Xeon E5-2682 v4, 1 thread; Snapdragon 845: 13.8", 14.0),
+    "thundernet_snet535": ("ThunderNet SNet535", "thundernet.snet535.coco", (320, 320), 15.3,
+                           "Xeon E5-2682 v4, 1 thread; Snapdragon 845: 5.8", None),
+    "detnet59_fpn": ("DetNet-59 FPN", "detnet59.fpn.coco", (800, 1344), None, "GPU only in the paper", None),
+    "double_head_r50_fpn": ("Double-Head-Ext R-50-FPN", "double_head.r50_fpn.coco", (800, 1344), None,
+                            "GPU only in the paper", None),
+}
+COLUMNS = [("model", "model", "{}"), ("input", "input", "{}"), ("images_per_s", "img/s (all cores)", "{:.1f}"),
+           ("images_per_s_1thread", "img/s (1 thread)", "{:.1f}"), ("paper", "paper img/s (1 thread)", "{}"),
+           ("target", "target", "{}"), ("gmacs", "GMAC", "{:.2f}"), ("gmac_per_s", "GMAC/s", "{:.0f}"),
+           ("backbone_pct", "backbone %", "{:.0f}"), ("ops", "graph ops", "{}")]
+
+
+def _inputs(height, width):
+    import tensorflow as tf
+    rng = np.random.default_rng(0)
+    return {"images": tf.constant(rng.normal(0, 50, (1, height, width, 3)).astype(np.float32)),
+            "image_info": tf.constant([[height, width, 1.0, height, width]], tf.float32)}
+
+
+def measure(key, repeats=20):
+    """Latency (s) of the whole detector and of its backbone alone, in this process, plus the op
+    count of the whole inference graph."""
+    import tensorflow as tf
+
+    from lhrcnn.bench.timing import interleaved_medians
+    from lhrcnn.detector import build_detector
+    _, experiment, (height, width), _, _, _ = MODELS[key]
+    detector = build_detector(os.path.join(EXP, experiment))
+    x = _inputs(height, width)
+    full = tf.function(lambda x: detector(x))
+    backbone = tf.function(lambda images: detector.features(images))
+    times = interleaved_medians({
+        "total": lambda: full(x)["boxes"].numpy(),
+        "backbone": lambda: [v.numpy() for v in backbone(x["images"]).values()],
+    }, warmup=3, repeats=repeats)
+    ops = len(full.get_concrete_function(x).graph.get_operations())
+    return {"latency_s": times["total"], "backbone_s": times["backbone"], "ops": ops}
+
+
+def _single_thread(key, repeats):
+    """measure() in a fresh process limited to one thread (threads are fixed at TF start-up)."""
+    code = ("import json, sys, tensorflow as tf\n"
+            "tf.config.threading.set_intra_op_parallelism_threads(1)\n"
+            "tf.config.threading.set_inter_op_parallelism_threads(1)\n"
+            "from lhrcnn.bench.family_bench import measure\n"
+            f"print('RESULT', json.dumps(measure({key!r}, {repeats})))\n")
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT,
+                         timeout=1800)
+    for line in out.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    raise RuntimeError(f"single-thread run of {key} failed: {out.stderr[-2000:]}")
+
+
+def run(models=tuple(MODELS), repeats=20, gemm=None):
+    from lhrcnn import flops
+    from lhrcnn.bench.model_bench import gemm_gflops
+    gemm = gemm or gemm_gflops()
+    rows = []
+    for key in models:
+        if key not in MODELS:
+            raise ValueError(f"unknown family model {key!r}; known: {', '.join(MODELS)}")
+        label, experiment, (height, width), paper, paper_note, target = MODELS[key]
+        heavy = height * width > 500_000
+        reps = 3 if heavy else repeats
+        t0 = time.time()
+        here = measure(key, reps)
+        one = _single_thread(key, reps)
+        macs = flops.detector_complexity(os.path.join(EXP, experiment), height, width)["macs"]
+        ips = 1.0 / here["latency_s"]
+        rows.append(dict(
+            model=label, experiment=experiment, input=f"{height}x{width}", latency_ms=1e3 * here["latency_s"],
+            images_per_s=ips, latency_ms_1thread=1e3 * one["latency_s"], images_per_s_1thread=1.0 / one["latency_s"],
+            paper=paper if paper is not None else "-", paper_note=paper_note,
+            target=f">= {target:.0f} {'met' if ips >= target else 'NOT met'}" if target else "-",
+            gmacs=macs / 1e9, gmac_per_s=macs / 1e9 / here["latency_s"],
+            gemm_peak_gmac_per_s=gemm / 2, backbone_pct=100 * here["backbone_s"] / here["latency_s"],
+            ops=here["ops"], bench_s=time.time() - t0))
+    return rows, {"gemm_gflops": gemm, "cpus": os.cpu_count()}
+
+
+def main(argv):
+    import argparse
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args(argv)
+    from lhrcnn.bench.timing import format_table
+    rows, extra = run(args.models.split(","), args.repeats)
+    print(format_table(rows, COLUMNS))
+    print(f"GEMM peak {extra['gemm_gflops'] / 2:.0f} GMAC/s on {extra['cpus']} cores")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
