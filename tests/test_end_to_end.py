@@ -15,16 +15,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENT = os.path.join(ROOT, "experiments/lhrcnn/light_head_rcnn.xception_star.synthetic")
 
 
-def _make_experiment(tmp_path, train_images, val_images, eval_on_train=False, **fields):
-    """A copy of the synthetic experiment pointing at small datasets in tmp_path (evaluating on the
-    training images when eval_on_train)."""
+def _make_experiment(tmp_path, train_images, val_images, eval_on_train=False, experiment=EXPERIMENT, **fields):
+    """A copy of a synthetic experiment (default: the main job's) pointing at small datasets in
+    tmp_path (evaluating on the training images when eval_on_train)."""
     for name, count, seed in (("train", train_images, 11), ("val", val_images, 12)):
         subprocess.run([sys.executable, os.path.join(ROOT, "scripts/make_synthetic_dataset.py"), "--output",
                         str(tmp_path / name), "--num-images", str(count), "--seed", str(seed)], check=True,
                        capture_output=True)
     exp = tmp_path / "exp"
     exp.mkdir()
-    with open(os.path.join(EXPERIMENT, "network_desp.py")) as f:
+    with open(os.path.join(experiment, "network_desp.py")) as f:
         (exp / "network_desp.py").write_text(f.read())
     lines = [f"    {k} = {v!r}" for k, v in dict(
         train_annotations=str(tmp_path / "train/annotations.json"), train_images=str(tmp_path / "train/images"),
@@ -33,7 +33,7 @@ def _make_experiment(tmp_path, train_images, val_images, eval_on_train=False, **
         **fields).items()]
     (exp / "config.py").write_text(
         "import importlib.util\n"
-        f"_spec = importlib.util.spec_from_file_location('_base_synthetic', {os.path.join(EXPERIMENT, 'config.py')!r})\n"
+        f"_spec = importlib.util.spec_from_file_location('_base_synthetic', {os.path.join(experiment, 'config.py')!r})\n"
         "_base = importlib.util.module_from_spec(_spec)\n_spec.loader.exec_module(_base)\n\n\n"
         "class SmallConfig(_base.ExperimentConfig):\n" + "\n".join(lines) + "\n")
     return str(exp)
@@ -92,3 +92,57 @@ def test_a_few_minutes_of_training_lift_ap50_far_above_chance(tmp_path):
         metrics = json.load(f)
     assert metrics["images"] == 8
     assert metrics["AP50"] >= 0.5 and metrics["AP"] >= 0.25, metrics
+
+
+# The family's synthetic variants (issue #8): steps for the 8-image check, and the image size.
+FAMILY = {
+    "thundernet.snet146.synthetic": 400,
+    "detnet59.fpn.synthetic": 400,
+    "double_head.r50_fpn.synthetic": 300,
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(FAMILY))
+def test_family_variant_learns_and_exports(tmp_path, name):
+    """Each family detector's synthetic variant through the scripts: scripts/train.py for a few
+    minutes on 8 synthetic images, scripts/test.py on those images (AP50 far above chance, as in
+    the main job's check above), then scripts/export.py: the SavedModel answers what the trained
+    detector answers in-process."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import export_fixtures as fx
+
+    from lhrcnn.detector import load_detector
+    exp = _make_experiment(tmp_path, 8, 1, eval_on_train=True, experiment=os.path.join(ROOT, "experiments/lhrcnn", name),
+                           warmup_iters=50, nr_image_per_epoch=80, max_epoch=10, lr_stages=((8, 1.0), (10, 0.1)),
+                           precise_bn_batches=20, image_short_size=256, image_max_size=384, eval_image_short_size=256,
+                           eval_image_max_size=384)
+    output = str(tmp_path / "out")
+    out = subprocess.run(_train_cmd(exp, output, FAMILY[name], 1000), capture_output=True, text=True, timeout=1500)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts/test.py"), "--experiment", exp,
+                          "--checkpoint", os.path.join(output, "model_dump"), "--output", os.path.join(output, "eval")],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    with open(os.path.join(output, "eval", "metrics.json")) as f:
+        metrics = json.load(f)
+    print(name, metrics)
+    assert metrics["images"] == 8
+    assert metrics["AP50"] >= 0.5 and metrics["AP"] >= 0.25, metrics
+
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts/export.py"), "--experiment", exp, "--checkpoint",
+                          os.path.join(output, "model_dump"), "--output", str(tmp_path / "served")],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    served = tf.saved_model.load(str(tmp_path / "served" / "1"))
+    with open(os.path.join(tmp_path, "train", "annotations.json")) as f:
+        images = json.load(f)["images"][:2]
+    detector = load_detector(exp, checkpoint=os.path.join(output, "model_dump"), ops_backend="tf")
+    ids = [0] + list(range(1, detector.config.num_classes))  # the synthetic set's category ids are 1..6
+    for record in images:
+        image = tf.io.decode_image(tf.io.read_file(os.path.join(tmp_path, "train", "images", record["file_name"])),
+                                   channels=3).numpy()
+        expected = fx.reference_outputs(detector, [image], ids)
+        assert expected["num_detections"][0] > 0
+        answer = served.signatures["serving_default"](images=tf.constant(image[None]))
+        fx.assert_same_detections({k: v.numpy() for k, v in answer.items()}, expected, record["file_name"])
