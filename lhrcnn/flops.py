@@ -104,11 +104,12 @@ def backbone_complexity(name, height=224, width=224, for_classification=True):
             "parameters": total, "trainable_parameters": trainable}
 
 
-def detector_complexity(experiment, height=None, width=None):
+def detector_complexity(experiment, height=None, width=None, **config_overrides):
     """MACs and parameters of an experiment's whole detector in inference (its test-time proposals
-    feed the R-CNN head) at an input size (default: the eval short side, square)."""
+    feed the R-CNN head) at an input size (default: the eval short side, square), with optional
+    config overrides."""
     from lhrcnn.detector import build_detector
-    detector = build_detector(experiment)
+    detector = build_detector(experiment, **config_overrides)
     c = detector.config
     height = height or c.eval_image_short_size
     width = width or c.eval_image_short_size

@@ -2,13 +2,15 @@
 counted on the built Keras graph:
 
   python scripts/flops.py --backbone NAME [--input 224x224] [--detection]
-  python scripts/flops.py --experiment DIR [--input HxW]
+  python scripts/flops.py --experiment DIR [--input HxW] [--set FIELD=VALUE ...]
 
 --backbone: the ImageNet-classification form (global pool + fc 1000) at 224x224 by default, the form
 of the papers' figures; --detection counts the detection form (features only) instead.
 --experiment: the whole detector in inference (its test-time proposals through the R-CNN head) at
-the experiment's eval short side, square, unless --input is given.
+the experiment's eval short side, square, unless --input is given; --set overrides config fields
+(Python literals, e.g. --set class_specific_regression=False --set test_rpn_post_nms_top_n=300).
 """
+import ast
 import json
 import os
 import sys
@@ -22,6 +24,20 @@ EXPERIMENT = flags.DEFINE_string("experiment", None, "Experiment folder.")
 INPUT = flags.DEFINE_string("input", None, "HxW (default 224x224 for a backbone, the eval size for an experiment).")
 DETECTION = flags.DEFINE_boolean("detection", False, "Count the backbone's detection form, not the classifier.")
 JSON = flags.DEFINE_string("json", None, "Also write the numbers to this json file.")
+SET = flags.DEFINE_multi_string("set", [], "FIELD=VALUE config override of --experiment (a Python literal).")
+
+
+def _overrides(items):
+    out = {}
+    for item in items:
+        field, sep, value = item.partition("=")
+        if not sep or not field:
+            raise app.UsageError(f"--set must be FIELD=VALUE, got {item!r}")
+        try:
+            out[field.strip()] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise app.UsageError(f"--set {item}: the value must be a Python literal") from None
+    return out
 
 
 def _size(text):
@@ -38,6 +54,8 @@ def main(argv):
     del argv
     if bool(BACKBONE.value) == bool(EXPERIMENT.value):
         raise app.UsageError("give exactly one of --backbone NAME or --experiment DIR")
+    if SET.value and not EXPERIMENT.value:
+        raise app.UsageError("--set applies to --experiment only")
     from lhrcnn import flops
     from lhrcnn.backbones import BACKBONE_NAMES
     if BACKBONE.value:
@@ -50,7 +68,10 @@ def main(argv):
         if not os.path.isfile(os.path.join(EXPERIMENT.value, "config.py")):
             sys.exit(f"error: {EXPERIMENT.value}/config.py does not exist")
         h, w = _size(INPUT.value) if INPUT.value else (None, None)
-        result = flops.detector_complexity(EXPERIMENT.value, h, w)
+        try:
+            result = flops.detector_complexity(EXPERIMENT.value, h, w, **_overrides(SET.value))
+        except ValueError as e:  # unknown or invalid config field
+            sys.exit(f"error: {e}")
         what = f"detector {result['name']} ({result['rois']} RoIs)"
     print(f"{what} at {result['input']}: {result['macs'] / 1e6:.1f} M multiply-adds, "
           f"{result['parameters'] / 1e6:.2f} M parameters ({result['trainable_parameters'] / 1e6:.2f} M trainable)")

@@ -97,3 +97,38 @@ def test_thundernet_detector_wiring():
     assert tuple(out["boxes"].shape) == (2, c.test_max_detections, 4)
     fc = detector.roi_head.head.fc
     assert fc.kernel.shape == (245, 1024)  # 7 x 7 x 5 pooled -> one fc 1024
+
+
+def test_thundernet_detector_multiply_adds_by_hand_and_against_the_paper():
+    """SNet49 ThunderNet at 320x320 with COCO's 81 classes and 200 test RoIs: everything after the
+    backbone counted by hand (C4 20x20x120, C5 = conv5 10x10x512), and the whole detector against
+    the paper's 262 MFLOPs, which it matches with a shared (class-agnostic) box regressor."""
+    from lhrcnn import flops
+    exp = os.path.join(ROOT, "experiments/lhrcnn/thundernet.snet49.coco")
+    result = flops.detector_complexity(exp)
+    assert not result["unknown"] and result["input"] == "320x320" and result["rois"] == 200
+    cem = 400 * 120 * 245 + 100 * 512 * 245 + 512 * 245
+    rpn = 400 * 25 * 245 + 400 * 245 * 256 + 400 * 256 * (2 * 25 + 4 * 25)
+    sam = 400 * 256 * 245
+    head = 200 * (245 * 1024 + 1024 * 81 + 1024 * 4 * 81)
+    assert result["macs"] - result["backbone_macs"] == cem + rpn + sam + head
+    agnostic = flops.detector_complexity(exp, class_specific_regression=False)
+    assert result["macs"] - agnostic["macs"] == 200 * 1024 * 4 * 80
+    assert abs(agnostic["macs"] / 262e6 - 1) < 0.02, agnostic["macs"]
+
+
+def test_flops_script_with_config_overrides(tmp_path):
+    import json
+    import subprocess
+    import sys
+    out = tmp_path / "flops.json"
+    cmd = [sys.executable, os.path.join(ROOT, "scripts/flops.py"), "--experiment",
+           os.path.join(ROOT, "experiments/lhrcnn/thundernet.snet49.coco"), "--set", "test_rpn_post_nms_top_n=100",
+           "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "(100 RoIs) at 320x320" in proc.stdout and json.loads(out.read_text())["rois"] == 100
+    proc = subprocess.run(cmd[:-2] + ["--set", "test_rpn_post_nms_top_n"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "FIELD=VALUE" in proc.stderr
+    proc = subprocess.run(cmd[:4] + ["--set", "no_such_field=1"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "unknown config field 'no_such_field'" in proc.stderr

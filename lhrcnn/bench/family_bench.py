@@ -3,8 +3,9 @@ median after warm-up, on all cores and on one thread (a fresh process with one i
 inter-op thread, the papers' single-threaded setting), next to the papers' figures. Each row also
 gives the multiply-adds, the achieved GMAC/s against the machine's GEMM peak, the split between
 the backbone and the rest (neck, RPN, proposals, R-CNN head, post-processing) and the graph's op
-count, which together say what limits the model: arithmetic (near the GEMM peak), op overhead
-(many small ops: latency per op x op count), or a slow stage.
+count, which together say what limits the model: arithmetic (the GEMM floor: multiply-adds at the
+measured GEMM peak), op overhead (the op-overhead floor: graph ops x the measured cost of one tiny
+op), or a slow stage.
 
   python -m lhrcnn.bench.family_bench [--models thundernet_snet49,...] [--single KEY]
 """
@@ -35,7 +36,25 @@ MODELS = {
 COLUMNS = [("model", "model", "{}"), ("input", "input", "{}"), ("images_per_s", "img/s (all cores)", "{:.1f}"),
            ("images_per_s_1thread", "img/s (1 thread)", "{:.1f}"), ("paper", "paper img/s (1 thread)", "{}"),
            ("target", "target", "{}"), ("gmacs", "GMAC", "{:.2f}"), ("gmac_per_s", "GMAC/s", "{:.0f}"),
-           ("backbone_pct", "backbone %", "{:.0f}"), ("ops", "graph ops", "{}")]
+           ("backbone_pct", "backbone %", "{:.0f}"), ("ops", "graph ops", "{}"),
+           ("arith_floor_ms", "GEMM floor ms", "{:.1f}"), ("overhead_floor_ms", "op-overhead floor ms", "{:.1f}"),
+           ("latency_ms", "latency ms", "{:.1f}")]
+
+
+def op_overhead_seconds(count=2000, repeats=15):
+    """Seconds per executed op of a graph of `count` chained tiny ops (adds on a 1-element
+    tensor): the per-op dispatch cost of TF's executor on this machine."""
+    import tensorflow as tf
+
+    from lhrcnn.bench.timing import median_seconds
+
+    @tf.function
+    def chain(x):
+        for _ in range(count):
+            x = x + 1.0
+        return x
+    x = tf.zeros([1])
+    return median_seconds(lambda: chain(x).numpy(), warmup=3, repeats=repeats) / count
 
 
 def _inputs(height, width):
@@ -86,6 +105,7 @@ def run(models=tuple(MODELS), repeats=20, gemm=None):
     from lhrcnn import flops
     from lhrcnn.bench.model_bench import gemm_gflops
     gemm = gemm or gemm_gflops()
+    overhead = op_overhead_seconds()
     rows = []
     for key in models:
         if key not in MODELS:
@@ -105,8 +125,9 @@ def run(models=tuple(MODELS), repeats=20, gemm=None):
             target=f">= {target:.0f} {'met' if ips >= target else 'NOT met'}" if target else "-",
             gmacs=macs / 1e9, gmac_per_s=macs / 1e9 / here["latency_s"],
             gemm_peak_gmac_per_s=gemm / 2, backbone_pct=100 * here["backbone_s"] / here["latency_s"],
-            ops=here["ops"], bench_s=time.time() - t0))
-    return rows, {"gemm_gflops": gemm, "cpus": os.cpu_count()}
+            ops=here["ops"], arith_floor_ms=1e3 * macs / 1e9 / (gemm / 2), overhead_floor_ms=1e3 * here["ops"] * overhead,
+            bench_s=time.time() - t0))
+    return rows, {"gemm_gflops": gemm, "cpus": os.cpu_count(), "op_overhead_us": 1e6 * overhead}
 
 
 def main(argv):
@@ -118,7 +139,8 @@ def main(argv):
     from lhrcnn.bench.timing import format_table
     rows, extra = run(args.models.split(","), args.repeats)
     print(format_table(rows, COLUMNS))
-    print(f"GEMM peak {extra['gemm_gflops'] / 2:.0f} GMAC/s on {extra['cpus']} cores")
+    print(f"GEMM peak {extra['gemm_gflops'] / 2:.0f} GMAC/s on {extra['cpus']} cores; "
+          f"{extra['op_overhead_us']:.1f} us per executed op")
 
 
 if __name__ == "__main__":
