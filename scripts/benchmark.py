@@ -117,7 +117,7 @@ def main(argv):
             from lhrcnn.bench import family_bench
             rows, extra = family_bench.run(FAMILY.value or tuple(family_bench.MODELS), repeats=max(5, REPEATS.value))
             print(f"\n== family (batch 1, median after warm-up; {extra['cpus']} cores; GEMM peak "
-                  f"{extra['gemm_gflops'] / 2:.0f} GMAC/s; {extra['op_overhead_us']:.1f} us per executed op) ==")
+                  f"{extra['gemm_gflops'] / 2:.0f} GMAC/s) ==")
             print(format_table(rows, family_bench.COLUMNS))
             results["family"] = {"rows": rows, **extra}
         else:

@@ -3,9 +3,10 @@ median after warm-up, on all cores and on one thread (a fresh process with one i
 inter-op thread, the papers' single-threaded setting), next to the papers' figures. Each row also
 gives the multiply-adds, the achieved GMAC/s against the machine's GEMM peak, the split between
 the backbone and the rest (neck, RPN, proposals, R-CNN head, post-processing) and the graph's op
-count, which together say what limits the model: arithmetic (the GEMM floor: multiply-adds at the
-measured GEMM peak), op overhead (the op-overhead floor: graph ops x the measured cost of one tiny
-op), or a slow stage.
+count, and the executed time by op type (a traced run of the frozen graph), which together say what
+limits the model: arithmetic (latency near the GEMM floor: multiply-adds at the measured GEMM
+peak), small memory-bound ops (depthwise convolutions, activations, concatenations, shuffles:
+time far above the floor), or one slow op.
 
   python -m lhrcnn.bench.family_bench [--models thundernet_snet49,...] [--single KEY]
 """
@@ -37,24 +38,42 @@ COLUMNS = [("model", "model", "{}"), ("input", "input", "{}"), ("images_per_s", 
            ("images_per_s_1thread", "img/s (1 thread)", "{:.1f}"), ("paper", "paper img/s (1 thread)", "{}"),
            ("target", "target", "{}"), ("gmacs", "GMAC", "{:.2f}"), ("gmac_per_s", "GMAC/s", "{:.0f}"),
            ("backbone_pct", "backbone %", "{:.0f}"), ("ops", "graph ops", "{}"),
-           ("arith_floor_ms", "GEMM floor ms", "{:.1f}"), ("overhead_floor_ms", "op-overhead floor ms", "{:.1f}"),
-           ("latency_ms", "latency ms", "{:.1f}")]
+           ("latency_ms", "latency ms", "{:.1f}"), ("arith_floor_ms", "GEMM floor ms", "{:.1f}"),
+           ("top_ops", "time by op type", "{}")]
 
 
-def op_overhead_seconds(count=2000, repeats=15):
-    """Seconds per executed op of a graph of `count` chained tiny ops (adds on a 1-element
-    tensor): the per-op dispatch cost of TF's executor on this machine."""
+def op_time_shares(detector, x, runs=5):
+    """{executed op type: share of the executed ops' time} of one inference: the traced function
+    frozen (variables to constants), run in a graph session with full tracing, node times summed
+    by the kernel that ran (after Grappler's fusions, e.g. _FusedConv2D) over `runs` runs."""
+    import collections
+
     import tensorflow as tf
-
-    from lhrcnn.bench.timing import median_seconds
-
-    @tf.function
-    def chain(x):
-        for _ in range(count):
-            x = x + 1.0
-        return x
-    x = tf.zeros([1])
-    return median_seconds(lambda: chain(x).numpy(), warmup=3, repeats=repeats) / count
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+    fn = tf.function(lambda images, info: detector({"images": images, "image_info": info})["boxes"])
+    frozen = convert_variables_to_constants_v2(fn.get_concrete_function(x["images"], x["image_info"]))
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.graph_util.import_graph_def(frozen.graph.as_graph_def(), name="")
+    feed = {frozen.inputs[0].name: x["images"].numpy(), frozen.inputs[1].name: x["image_info"].numpy()}
+    outputs = [t.name for t in frozen.outputs]
+    times = collections.Counter()
+    with tf.compat.v1.Session(graph=graph) as session:
+        for _ in range(2):
+            session.run(outputs, feed)
+        options = tf.compat.v1.RunOptions(trace_level=tf.compat.v1.RunOptions.FULL_TRACE)
+        for _ in range(runs):
+            metadata = tf.compat.v1.RunMetadata()
+            session.run(outputs, feed, options=options, run_metadata=metadata)
+            for device in metadata.step_stats.dev_stats:
+                for node in device.node_stats:
+                    # the executed kernel ("Relu = _FusedConv2D(...)": Grappler fuses a conv with
+                    # its bias and ReLU into one node named after the ReLU)
+                    label = node.timeline_label
+                    kind = label.split(" = ", 1)[1].split("(", 1)[0].strip() if " = " in label else node.node_name
+                    times[kind] += node.all_end_rel_micros
+    total = max(1, sum(times.values()))
+    return {kind: t / total for kind, t in times.most_common()}
 
 
 def _inputs(height, width):
@@ -81,7 +100,8 @@ def measure(key, repeats=20):
         "backbone": lambda: [v.numpy() for v in backbone(x["images"]).values()],
     }, warmup=3, repeats=repeats)
     ops = len(full.get_concrete_function(x).graph.get_operations())
-    return {"latency_s": times["total"], "backbone_s": times["backbone"], "ops": ops}
+    return {"latency_s": times["total"], "backbone_s": times["backbone"], "ops": ops,
+            "op_shares": op_time_shares(detector, x, runs=2 if height * width > 500_000 else 5)}
 
 
 def _single_thread(key, repeats):
@@ -105,7 +125,6 @@ def run(models=tuple(MODELS), repeats=20, gemm=None):
     from lhrcnn import flops
     from lhrcnn.bench.model_bench import gemm_gflops
     gemm = gemm or gemm_gflops()
-    overhead = op_overhead_seconds()
     rows = []
     for key in models:
         if key not in MODELS:
@@ -125,9 +144,10 @@ def run(models=tuple(MODELS), repeats=20, gemm=None):
             target=f">= {target:.0f} {'met' if ips >= target else 'NOT met'}" if target else "-",
             gmacs=macs / 1e9, gmac_per_s=macs / 1e9 / here["latency_s"],
             gemm_peak_gmac_per_s=gemm / 2, backbone_pct=100 * here["backbone_s"] / here["latency_s"],
-            ops=here["ops"], arith_floor_ms=1e3 * macs / 1e9 / (gemm / 2), overhead_floor_ms=1e3 * here["ops"] * overhead,
+            ops=here["ops"], arith_floor_ms=1e3 * macs / 1e9 / (gemm / 2), op_shares=here["op_shares"],
+            top_ops=", ".join(f"{k} {100 * v:.0f}%" for k, v in list(here["op_shares"].items())[:4]),
             bench_s=time.time() - t0))
-    return rows, {"gemm_gflops": gemm, "cpus": os.cpu_count(), "op_overhead_us": 1e6 * overhead}
+    return rows, {"gemm_gflops": gemm, "cpus": os.cpu_count()}
 
 
 def main(argv):
@@ -139,8 +159,7 @@ def main(argv):
     from lhrcnn.bench.timing import format_table
     rows, extra = run(args.models.split(","), args.repeats)
     print(format_table(rows, COLUMNS))
-    print(f"GEMM peak {extra['gemm_gflops'] / 2:.0f} GMAC/s on {extra['cpus']} cores; "
-          f"{extra['op_overhead_us']:.1f} us per executed op")
+    print(f"GEMM peak {extra['gemm_gflops'] / 2:.0f} GMAC/s on {extra['cpus']} cores")
 
 
 if __name__ == "__main__":
