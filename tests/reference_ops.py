@@ -204,11 +204,19 @@ def _iou(a, b, offset):
     return f32(inter / f32(f32(area_a + area_b) - inter))
 
 
+def _flush_denormals(x):
+    return np.where(np.abs(x) < np.finfo(np.float32).tiny, np.float32(0), x).astype(np.float32)
+
+
 def nms_ref(boxes, scores, max_output_size, iou_threshold, score_threshold=-np.inf, class_ids=None,
             box_offset=0.0):
-    """Greedy NMS, one image: visit by descending score (ties: lower index), suppress IoU > t."""
-    boxes = np.asarray(boxes, np.float32)
-    scores = np.asarray(scores, np.float32)
+    """Greedy NMS, one image: visit by descending score (ties: lower index), suppress IoU > t.
+
+    Inputs are read as TensorFlow's CPU kernels read them: TF runs its ops with denormals flushed
+    to zero (FTZ/DAZ), so a subnormal score such as 1e-45 ties with 0 there (found by hypothesis:
+    scores (0, 1e-45) kept in index order by both backends)."""
+    boxes = _flush_denormals(np.asarray(boxes, np.float32))
+    scores = _flush_denormals(np.asarray(scores, np.float32))
     order = sorted((i for i in range(len(scores)) if scores[i] > f32(score_threshold)),
                    key=lambda i: (-float(scores[i]), i))
     kept = []

@@ -77,7 +77,7 @@ def test_registry_names_and_errors():
         build_backbone("resnet_v1_50", weight_decay=1e-4)
     assert backbone_options("resnet_v1_101") == {
         "dilate_block4": True, "freeze_bn": True, "freeze_stem": True, "bn_epsilon": 1e-5,
-        "bn_momentum": 0.997}
+        "bn_momentum": 0.997, "width_divisor": 1}
 
 
 # ------------------------------------------------------------------------- shapes, strides
