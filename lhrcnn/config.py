@@ -275,6 +275,19 @@ def load_config(experiment_dir, **overrides):
     return config
 
 
+def base_experiment_config(this_file, experiment):
+    """The Config class of a sibling experiment, for an experiment's config.py to extend:
+    `class ExperimentConfig(base_experiment_config(__file__, "thundernet.snet146.coco")): ...`
+    (`experiment`: a folder next to this_file's folder)."""
+    directory = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(this_file))), experiment)
+    module = _import_file(os.path.join(directory, "config.py"), _module_name(directory, "base_config"))
+    classes = [v for v in vars(module).values()
+               if inspect.isclass(v) and issubclass(v, Config) and v.__module__ == module.__name__]
+    if len(classes) != 1:
+        raise ValueError(f"{directory}/config.py must define exactly one Config subclass")
+    return classes[0]
+
+
 def load_network_module(experiment_dir):
     """The experiment's `network_desp` module (it defines `build_network(config)`)."""
     return _import_file(os.path.join(experiment_dir, "network_desp.py"), _module_name(experiment_dir, "network_desp"))

@@ -64,3 +64,16 @@ def test_experiment_specific_values():
 def test_missing_experiment_dir():
     with pytest.raises(FileNotFoundError, match="no/such/dir"):
         load_config("no/such/dir")
+
+
+def test_an_experiment_extends_a_sibling(tmp_path):
+    """config.py may extend another experiment's config (base_experiment_config), e.g. the ThunderNet
+    SNet49/535 COCO experiments extend SNet146's recipe."""
+    from lhrcnn.config import base_experiment_config, load_config
+    snet49 = load_config(os.path.join(ROOT, "experiments/lhrcnn/thundernet.snet49.coco"))
+    snet146 = load_config(os.path.join(ROOT, "experiments/lhrcnn/thundernet.snet146.coco"))
+    assert snet49.backbone == "snet49" and snet146.backbone == "snet146"
+    assert (snet49.image_short_size, snet49.test_rpn_post_nms_top_n) == (snet146.image_short_size, 200)
+    (tmp_path / "user" / "mine").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="missing/config.py"):
+        base_experiment_config(str(tmp_path / "user" / "mine" / "config.py"), "missing")

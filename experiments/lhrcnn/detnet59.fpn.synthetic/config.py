@@ -3,19 +3,14 @@
 detnet59.fpn.coco at a quarter of its widths (backbone `width_divisor` 4, FPN 64 channels, fc
 256: the same topology, 16x fewer multiply-adds, so that it trains from scratch on a 2-core CPU in
 minutes). Anchors 16..256 px for the synthetic objects (12 px to half an image)."""
-import importlib.util
 import math
-import os
 
-_spec = importlib.util.spec_from_file_location(
-    "_lhrcnn_xception_synthetic_config",
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir,
-                 "light_head_rcnn.xception_star.synthetic", "config.py"))
-_base = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_base)
+from lhrcnn.config import base_experiment_config
+
+_Base = base_experiment_config(__file__, "light_head_rcnn.xception_star.synthetic")
 
 
-class ExperimentConfig(_base.ExperimentConfig):
+class ExperimentConfig(_Base):
     backbone = "detnet59"
     backbone_options = {"freeze_bn": False, "freeze_stem": False, "bn_momentum": 0.9, "width_divisor": 4}
     box_delta_clip = math.log(1000.0 / 16)

@@ -3,19 +3,14 @@ schedule and optimiser (experiments/lhrcnn/light_head_rcnn.xception_star.synthet
 detector of double_head.r50_fpn.coco at a quarter of its widths (backbone `width_divisor` 4,
 FPN 64 channels, fc-head 256, conv-head 256 / 64 with 2 bottlenecks and non-local blocks): the
 same topology at 1/16 of the multiply-adds, to train from scratch on a 2-core CPU in minutes."""
-import importlib.util
 import math
-import os
 
-_spec = importlib.util.spec_from_file_location(
-    "_lhrcnn_xception_synthetic_config",
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir,
-                 "light_head_rcnn.xception_star.synthetic", "config.py"))
-_base = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_base)
+from lhrcnn.config import base_experiment_config
+
+_Base = base_experiment_config(__file__, "light_head_rcnn.xception_star.synthetic")
 
 
-class ExperimentConfig(_base.ExperimentConfig):
+class ExperimentConfig(_Base):
     backbone = "resnet_v1_50"
     backbone_options = {"freeze_bn": False, "freeze_stem": False, "bn_momentum": 0.9, "dilate_block4": False,
                         "width_divisor": 4}

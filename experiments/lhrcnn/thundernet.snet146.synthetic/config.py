@@ -2,18 +2,12 @@
 optimiser (experiments/lhrcnn/light_head_rcnn.xception_star.synthetic), ThunderNet's detector
 (shared/reference/seed_models.md §2): CEM, compressed RPN with 25 anchors, SAM, PS-RoI-Align with
 5 channels per bin, one fc 1024. Trained from scratch (no ImageNet SNet here)."""
-import importlib.util
-import os
+from lhrcnn.config import base_experiment_config
 
-_spec = importlib.util.spec_from_file_location(
-    "_lhrcnn_xception_synthetic_config",
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir,
-                 "light_head_rcnn.xception_star.synthetic", "config.py"))
-_base = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_base)
+_Base = base_experiment_config(__file__, "light_head_rcnn.xception_star.synthetic")
 
 
-class ExperimentConfig(_base.ExperimentConfig):
+class ExperimentConfig(_Base):
     backbone = "snet146"
     backbone_options = {"freeze_bn": False, "bn_momentum": 0.9}
     rpn_feature = "CEM"   # the CEM map (stride 16, 245 channels) carries the RPN

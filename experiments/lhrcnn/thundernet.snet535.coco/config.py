@@ -1,14 +1,9 @@
 """ThunderNet with SNet535 on COCO: thundernet.snet146.coco's recipe with the SNet535 backbone
 (shared/reference/seed_models.md §2). Paper: 28.0 AP on COCO test-dev, about 1.3 GFLOPs."""
-import importlib.util
-import os
+from lhrcnn.config import base_experiment_config
 
-_spec = importlib.util.spec_from_file_location(
-    "_lhrcnn_thundernet_snet146_coco_config",
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "thundernet.snet146.coco", "config.py"))
-_base = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_base)
+_Base = base_experiment_config(__file__, "thundernet.snet146.coco")
 
 
-class ExperimentConfig(_base.ExperimentConfig):
+class ExperimentConfig(_Base):
     backbone = "snet535"
