@@ -44,6 +44,20 @@ def _train_cmd(exp, output, steps, every):
             "--steps", str(steps), "--checkpoint_every", str(every), "--log_every", "1"]
 
 
+def _train_and_evaluate(exp, output, steps, timeout):
+    """scripts/train.py for `steps`, then scripts/test.py on the experiment's eval set; both must
+    succeed. Returns (the training log, eval_dump metrics)."""
+    out = subprocess.run(_train_cmd(exp, output, steps, 1000), capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    train_log = out.stdout
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts/test.py"), "--experiment", exp,
+                          "--checkpoint", os.path.join(output, "model_dump"), "--output", os.path.join(output, "eval")],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    with open(os.path.join(output, "eval", "metrics.json")) as f:
+        return train_log, json.load(f)
+
+
 @pytest.mark.slow
 def test_training_resumes_after_a_kill(tmp_path):
     exp = _make_experiment(tmp_path, 12, 4, image_short_size=192, image_max_size=256, train_rpn_pre_nms_top_n=300,
@@ -81,15 +95,8 @@ def test_a_few_minutes_of_training_lift_ap50_far_above_chance(tmp_path):
     exp = _make_experiment(tmp_path, 8, 1, eval_on_train=True, warmup_iters=50, nr_image_per_epoch=80,
                            max_epoch=10, lr_stages=((8, 1.0), (10, 0.1)), precise_bn_batches=20)
     output = str(tmp_path / "out")
-    out = subprocess.run(_train_cmd(exp, output, 400, 1000), capture_output=True, text=True, timeout=1200)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    assert "precise BN" in out.stdout
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts/test.py"), "--experiment", exp,
-                          "--checkpoint", os.path.join(output, "model_dump"), "--output", os.path.join(output, "eval")],
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    with open(os.path.join(output, "eval", "metrics.json")) as f:
-        metrics = json.load(f)
+    train_log, metrics = _train_and_evaluate(exp, output, 400, timeout=1200)
+    assert "precise BN" in train_log
     assert metrics["images"] == 8
     assert metrics["AP50"] >= 0.5 and metrics["AP"] >= 0.25, metrics
 
@@ -118,14 +125,7 @@ def test_family_variant_learns_and_exports(tmp_path, name):
                            precise_bn_batches=20, image_short_size=256, image_max_size=384, eval_image_short_size=256,
                            eval_image_max_size=384)
     output = str(tmp_path / "out")
-    out = subprocess.run(_train_cmd(exp, output, FAMILY[name], 1000), capture_output=True, text=True, timeout=1500)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts/test.py"), "--experiment", exp,
-                          "--checkpoint", os.path.join(output, "model_dump"), "--output", os.path.join(output, "eval")],
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    with open(os.path.join(output, "eval", "metrics.json")) as f:
-        metrics = json.load(f)
+    _, metrics = _train_and_evaluate(exp, output, FAMILY[name], timeout=1500)
     print(name, metrics)
     assert metrics["images"] == 8
     assert metrics["AP50"] >= 0.5 and metrics["AP"] >= 0.25, metrics

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXP = os.path.join(ROOT, "experiments", "lhrcnn")
@@ -76,18 +75,12 @@ def op_time_shares(detector, x, runs=5):
     return {kind: t / total for kind, t in times.most_common()}
 
 
-def _inputs(height, width):
-    import tensorflow as tf
-    rng = np.random.default_rng(0)
-    return {"images": tf.constant(rng.normal(0, 50, (1, height, width, 3)).astype(np.float32)),
-            "image_info": tf.constant([[height, width, 1.0, height, width]], tf.float32)}
-
-
 def measure(key, repeats=20):
     """Latency (s) of the whole detector and of its backbone alone, in this process, plus the op
     count of the whole inference graph."""
     import tensorflow as tf
 
+    from lhrcnn.bench.model_bench import _inputs
     from lhrcnn.bench.timing import interleaved_medians
     from lhrcnn.detector import build_detector
     _, experiment, (height, width), _, _, _ = MODELS[key]
