@@ -21,6 +21,10 @@ COCO_CLASS_NAMES = (
     "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book",
     "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush")
 
+# What the main job (`make demo`, scripts/run_main_job.py) trains by default, relative to the
+# repository root: ThunderNet SNet146 on the synthetic set (the README's "The main job").
+MAIN_JOB_EXPERIMENT = "experiments/lhrcnn/thundernet.snet146.synthetic"
+
 
 class Config:
     """Experiment configuration: class attributes are the fields; subclasses override them.

@@ -1,7 +1,7 @@
 """Detections on your own images:
 
-  python scripts/demo.py --experiment experiments/lhrcnn/light_head_rcnn.xception_star.synthetic
-                         --checkpoint output/lhrcnn/light_head_rcnn.xception_star.synthetic/model_dump
+  python scripts/demo.py --experiment experiments/lhrcnn/thundernet.snet146.synthetic
+                         --checkpoint output/lhrcnn/thundernet.snet146.synthetic/model_dump
                          [--output DIR] [--score-threshold 0.5] IMAGE [IMAGE ...]
 
 Each image is preprocessed as the eval pipeline does (eval short/max side, mean, padding); for

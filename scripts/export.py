@@ -1,6 +1,6 @@
 """Exports a trained detector as a SavedModel version for TF Serving:
 
-  python scripts/export.py --experiment experiments/lhrcnn/light_head_rcnn.xception_star.synthetic
+  python scripts/export.py --experiment experiments/lhrcnn/thundernet.snet146.synthetic
                            --output models/lhrcnn [--checkpoint PATH] [--version N] [--ops tf|custom]
                            [--max-detections 100] [--score-threshold S] [--annotations FILE]
 

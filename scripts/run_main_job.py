@@ -17,7 +17,9 @@ from absl import app, flags
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-EXPERIMENT = flags.DEFINE_string("experiment", "experiments/lhrcnn/light_head_rcnn.xception_star.synthetic",
+from lhrcnn.config import MAIN_JOB_EXPERIMENT  # noqa: E402
+
+EXPERIMENT = flags.DEFINE_string("experiment", MAIN_JOB_EXPERIMENT,
                                  "The experiment to train (its config names the data).")
 TRAIN_IMAGES = flags.DEFINE_integer("train_images", 2000, "Synthetic training images.")
 VAL_IMAGES = flags.DEFINE_integer("val_images", 200, "Synthetic validation images.")

@@ -1,6 +1,6 @@
 """COCO evaluation of a trained detector (the original's test.py):
 
-  python scripts/test.py --experiment experiments/lhrcnn/light_head_rcnn.xception_star.synthetic
+  python scripts/test.py --experiment experiments/lhrcnn/thundernet.snet146.synthetic
                          [--checkpoint PATH] [--annotations FILE --images DIR] [--output DIR]
                          [--max-images N] [--batch-size 1]
 

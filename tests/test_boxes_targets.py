@@ -239,3 +239,44 @@ def test_sampled_mode_randomness_and_fg_fraction():
 
     np.testing.assert_array_equal(draw(3), draw(3))
     assert not np.array_equal(draw(3), draw(4))
+
+
+def _pad_slots(gt, classes, slots, seed):
+    """gt, classes spread over `slots` slots (columns in random order), the extra slots padding
+    (class 0) holding garbage boxes that overlap everything."""
+    rng = np.random.default_rng(seed)
+    batch, m = classes.shape
+    big_gt = np.tile(np.array([0, 0, 200, 200], np.float32), (batch, slots, 1))
+    big_classes = np.zeros((batch, slots), np.int32)
+    for b in range(batch):
+        where = np.sort(rng.choice(slots - 1, m, replace=False))  # the last slot always padding
+        big_gt[b, where], big_classes[b, where] = gt[b], classes[b]
+    return big_gt, big_classes
+
+
+@pytest.mark.parametrize("graph", [False, True])
+def test_padding_slots_do_not_change_targets(graph):
+    """The targets cut the GT padding (up to the batch's last real GT) before the IoU matrices;
+    wherever the padding sits and however many slots there are, the targets are the same."""
+    run = tf.function if graph else (lambda f: f)
+    anchors, gt, classes, info = _random_case(7)
+    big_gt, big_classes = _pad_slots(gt, classes, 100, seed=1)
+    rpn = run(lambda g, c: anchor_targets(anchors, g, c, info, batch_size=32, seed=9))
+    for got, want in zip(rpn(big_gt, big_classes), rpn(gt, classes)):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+    want_labels, _ = ref.anchor_labels_ref(anchors, gt, classes, info, border=0, offset=1.0)
+    pre, _ = anchor_targets(anchors, big_gt, big_classes, info, subsample=False)
+    np.testing.assert_array_equal(pre.numpy(), want_labels)
+
+    rois, valid, gt, classes = _roi_case(5)
+    big_gt, big_classes = _pad_slots(gt, classes, 100, seed=2)
+    for per_image in (-1, 8):
+        rcnn = run(lambda g, c: roi_targets(rois, valid, g, c, 6, per_image, append_gt=False, seed=4))
+        for got, want in zip(rcnn(big_gt, big_classes), rcnn(gt, classes)):
+            np.testing.assert_array_equal(got.numpy(), want.numpy())
+    # no GT anywhere in the batch: one padding slot is kept, every RoI is background
+    empty = np.zeros_like(big_classes)
+    _, labels, _, _ = roi_targets(rois, valid, big_gt, empty, 6, -1, append_gt=False)
+    np.testing.assert_array_equal(labels.numpy(), np.where(valid, 0, -1))
+    labels, _ = anchor_targets(anchors, big_gt, empty[:, :], info, subsample=False)
+    assert set(np.unique(labels.numpy())) <= {0, -1} and (labels.numpy() == 0).sum() > 0

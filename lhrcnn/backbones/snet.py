@@ -37,10 +37,16 @@ class _Shuffle(keras.layers.Layer):
     """[B, H, W, C] -> (even channels, odd channels), each [B, H, W, C/2]."""
 
     def call(self, x):
+        # Pair the channels, move the pair index in front and split the halves: a transpose and a
+        # split forward, a concat and a transpose backward. (Slicing pairs[..., 0] and
+        # pairs[..., 1] computes the same, but its gradient, two StridedSliceGrads per unit, cost
+        # a fifth of SNet146's training step on CPU.)
         shape = tf.shape(x)
         channels = x.shape[-1]
         pairs = tf.reshape(x, [shape[0], shape[1], shape[2], channels // 2, 2])
-        return pairs[..., 0], pairs[..., 1]
+        halves = tf.reshape(tf.transpose(pairs, [0, 1, 2, 4, 3]), [shape[0], shape[1], shape[2], channels])
+        even, odd = tf.split(halves, 2, axis=-1)
+        return even, odd
 
 
 def _bn(name, freeze_bn, momentum):

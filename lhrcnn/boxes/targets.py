@@ -69,6 +69,31 @@ def _check_gt(gt_boxes, gt_classes):
     return gt_boxes, gt_classes
 
 
+def _in_xla_context():
+    """Whether the graph being built is compiled by XLA (tf.function(jit_compile=True)): there,
+    shapes must stay static. Unknown (the internal helper moved): assume XLA, the safe side."""
+    try:
+        from tensorflow.python.ops import control_flow_util
+        return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
+    except (ImportError, AttributeError):
+        return True
+
+
+def _used_gt_slots(gt_boxes, gt_classes):
+    """gt_boxes, gt_classes cut to the slots up to the last real GT of the batch (at least one).
+
+    The pipeline pads every image to a fixed number of slots (100); the padding is ignored
+    everywhere, so the targets are the same without it, and the [B, N, M] IoU matrices shrink
+    from M = 100 to the batch's largest GT count (a quarter of SNet146's synthetic training step
+    on CPU went to the padding). Under XLA the slots are kept: the cut is data-dependent."""
+    if _in_xla_context():
+        return gt_boxes, gt_classes
+    slots = tf.shape(gt_classes)[1]
+    last = tf.reduce_max(tf.where(gt_classes > 0, tf.range(1, slots + 1)[None, :], 0))
+    used = tf.maximum(last, 1)
+    return gt_boxes[:, :used], gt_classes[:, :used]
+
+
 def anchor_targets(anchors, gt_boxes, gt_classes, image_info, positive_overlap=0.7, negative_overlap=0.3,
                    batch_size=256, fg_fraction=0.5, allowed_border=0, offset=1.0, seed=None, subsample=True,
                    match_gt_without_overlap=True):
@@ -97,7 +122,7 @@ def anchor_targets(anchors, gt_boxes, gt_classes, image_info, positive_overlap=0
       labels: [B, N] int32 in {1, 0, -1}. box_targets: [B, N, 4] float32 (dx, dy, dw, dh).
     """
     anchors = tf.cast(anchors, tf.float32)
-    gt_boxes, gt_classes = _check_gt(gt_boxes, gt_classes)
+    gt_boxes, gt_classes = _used_gt_slots(*_check_gt(gt_boxes, gt_classes))
     image_info = tf.cast(image_info, tf.float32)
     height, width = image_info[:, 0:1], image_info[:, 1:2]  # [B, 1]
     border = float(allowed_border)
@@ -177,6 +202,8 @@ def roi_targets(rois, rois_valid, gt_boxes, gt_classes, num_classes, batch_size_
         rois_valid = tf.concat([rois_valid, tf.reshape(gt_valid, [-1])], axis=0)
     image = tf.clip_by_value(tf.cast(rois[:, 0], tf.int32), 0, batch - 1)
     boxes = rois[:, 1:5]
+    gt_boxes, gt_classes = _used_gt_slots(gt_boxes, gt_classes)  # the appended rows above keep all M
+    gt_valid = gt_classes > 0
     image_gt = tf.gather(gt_boxes, image)  # [R', M, 4]
     image_gt_valid = tf.gather(gt_valid, image)  # [R', M]
     iou = tf.where(image_gt_valid, pairwise_iou(boxes[:, None, :], image_gt, offset)[:, 0, :], -1.0)
