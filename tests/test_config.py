@@ -77,3 +77,18 @@ def test_an_experiment_extends_a_sibling(tmp_path):
     (tmp_path / "user" / "mine").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="missing/config.py"):
         base_experiment_config(str(tmp_path / "user" / "mine" / "config.py"), "missing")
+
+
+def test_main_job_default_is_a_synthetic_experiment():
+    """`make demo` trains lhrcnn.config.MAIN_JOB_EXPERIMENT: it must load, read the synthetic set
+    the main job writes, and be what scripts/run_main_job.py defaults to."""
+    import subprocess
+    import sys
+    from lhrcnn.config import MAIN_JOB_EXPERIMENT
+    config = load_config(os.path.join(ROOT, MAIN_JOB_EXPERIMENT))
+    assert config.train_annotations == "data/synthetic/train/annotations.json"
+    assert config.eval_annotations == "data/synthetic/val/annotations.json"
+    assert config.class_names[0] == "background" and config.num_classes >= 7
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "run_main_job.py"), "--helpfull"],
+                         capture_output=True, text=True).stdout  # absl exits 1 after --helpfull
+    assert f"(default: '{MAIN_JOB_EXPERIMENT}')" in out

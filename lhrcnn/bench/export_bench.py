@@ -50,7 +50,7 @@ def run(repeats=10, batches=(1, 8), experiment=SYNTHETIC, overrides=None, image_
     Args:
       repeats: timed calls per variant (median reported), after 2 warm-up calls.
       batches: batch sizes.
-      experiment, overrides: the detector (random weights; the default synthetic model).
+      experiment, overrides: the detector (random weights; default: the synthetic Xception* Light-Head).
       image_size: (height, width) of the uint8 input images (resized in the graph to the eval size).
       workdir: where the exports are written (default: a temporary folder, removed after).
     Returns:

@@ -25,7 +25,7 @@ MODELS = {
                  dict(class_names=COCO_CLASS_NAMES, anchor_scales=(2, 4, 8, 16, 32), box_offset=1.0,
                       test_rpn_pre_nms_top_n=6000, test_rpn_post_nms_top_n=1000, test_score_threshold=0.0),
                  (700, 1100)),
-    "synthetic": ("default synthetic model (Xception*, 7 classes)", SYNTHETIC, {}, (320, 512)),
+    "synthetic": ("synthetic Xception* (7 classes)", SYNTHETIC, {}, (320, 512)),
 }
 
 

@@ -1,7 +1,7 @@
-"""ThunderNet with SNet146 on the embedded synthetic dataset: the main job's data, schedule and
-optimiser (experiments/lhrcnn/light_head_rcnn.xception_star.synthetic), ThunderNet's detector
-(shared/reference/seed_models.md §2): CEM, compressed RPN with 25 anchors, SAM, PS-RoI-Align with
-5 channels per bin, one fc 1024. Trained from scratch (no ImageNet SNet here)."""
+"""ThunderNet with SNet146 on the embedded synthetic dataset, the main job's default (`make demo`):
+the data, schedule and optimiser of experiments/lhrcnn/light_head_rcnn.xception_star.synthetic,
+ThunderNet's detector (shared/reference/seed_models.md §2): CEM, compressed RPN with 25 anchors,
+SAM, PS-RoI-Align with 5 channels per bin, one fc 1024. Trained from scratch (no ImageNet SNet here)."""
 from lhrcnn.config import base_experiment_config
 
 _Base = base_experiment_config(__file__, "light_head_rcnn.xception_star.synthetic")
@@ -20,7 +20,8 @@ class ExperimentConfig(_Base):
     large_separable_out_channels = 245  # the thin map: 7 x 7 x 5
     rcnn_fc_channels = 1024
     thin_map_norm = None
-    # The 30-minute budget of issue #8 (training + evaluation on this 2-core machine): at ~0.245 s
-    # per step, 100 warm-up + 10 "epochs" of 680 steps = 6900 steps, ~28 minutes of training.
-    # (6200 steps: 25 min 36 s in all, AP 0.586 / AP50 0.788.)
+    # The main job's 30-minute budget (issues #4, #8; the whole job on this 2-core machine):
+    # 100 warm-up + 10 "epochs" of 680 steps = 6900 steps at ~0.20 s per step, 23 minutes of
+    # training, 24 min 7 s for the whole main job (AP 0.623 / AP50 0.830). Fewer steps lose AP50
+    # fast (6200 steps: 0.788).
     nr_image_per_epoch = 1360
