@@ -53,8 +53,8 @@ def training_throughput(experiment, steps, warmup=3, train_dataset=None, **overr
         iterator = iter(trainer.distributed_dataset(seed=0))
         seconds = _timed_steps(lambda: float(trainer._train_step(iterator)["total"]), warmup, steps)
         batch = trainer.global_batch
-        # Stop the input pipeline now: left to the garbage collector, its threads kept decoding
-        # and prefetching during the next measurement (evaluation images/s halved at random).
+        # Stop the input pipeline here rather than whenever the garbage collector gets to it, so
+        # that its decoding and prefetching threads do not run into the next measurement.
         del iterator, trainer
         gc.collect()
     return batch / seconds, seconds, batch

@@ -84,8 +84,8 @@ def _used_gt_slots(gt_boxes, gt_classes):
 
     The pipeline pads every image to a fixed number of slots (100); the padding is ignored
     everywhere, so the targets are the same without it, and the [B, N, M] IoU matrices shrink
-    from M = 100 to the batch's largest GT count (a quarter of SNet146's synthetic training step
-    on CPU went to the padding). Under XLA the slots are kept: the cut is data-dependent."""
+    from M = 100 to the batch's last used slot (6% of SNet146's synthetic training step on CPU,
+    0.200 -> 0.188 s). Under XLA the slots are kept: the cut is data-dependent."""
     if _in_xla_context():
         return gt_boxes, gt_classes
     slots = tf.shape(gt_classes)[1]
