@@ -264,17 +264,22 @@ def _module_name(experiment_dir, file):
     return f"lhrcnn_experiment{key}_{file}"
 
 
-def load_config(experiment_dir, **overrides):
-    """The experiment's Config instance from `<experiment_dir>/config.py`."""
-    if not os.path.isdir(experiment_dir):
-        raise FileNotFoundError(f"experiment directory {experiment_dir} does not exist")
-    module = _import_file(os.path.join(experiment_dir, "config.py"), _module_name(experiment_dir, "config"))
+def _config_class(module, experiment_dir):
+    """The one Config subclass an experiment's config.py defines (not one it imports)."""
     classes = [v for v in vars(module).values()
                if inspect.isclass(v) and issubclass(v, Config) and v.__module__ == module.__name__]
     if len(classes) != 1:
         raise ValueError(f"{experiment_dir}/config.py must define exactly one Config subclass, found "
                          f"{[c.__name__ for c in classes]}")
-    config = classes[0](**overrides)
+    return classes[0]
+
+
+def load_config(experiment_dir, **overrides):
+    """The experiment's Config instance from `<experiment_dir>/config.py`."""
+    if not os.path.isdir(experiment_dir):
+        raise FileNotFoundError(f"experiment directory {experiment_dir} does not exist")
+    module = _import_file(os.path.join(experiment_dir, "config.py"), _module_name(experiment_dir, "config"))
+    config = _config_class(module, experiment_dir)(**overrides)
     config.experiment_dir = os.path.abspath(experiment_dir)
     return config
 
@@ -285,11 +290,7 @@ def base_experiment_config(this_file, experiment):
     (`experiment`: a folder next to this_file's folder)."""
     directory = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(this_file))), experiment)
     module = _import_file(os.path.join(directory, "config.py"), _module_name(directory, "base_config"))
-    classes = [v for v in vars(module).values()
-               if inspect.isclass(v) and issubclass(v, Config) and v.__module__ == module.__name__]
-    if len(classes) != 1:
-        raise ValueError(f"{directory}/config.py must define exactly one Config subclass")
-    return classes[0]
+    return _config_class(module, directory)
 
 
 def load_network_module(experiment_dir):
