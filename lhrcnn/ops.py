@@ -10,7 +10,7 @@ Conventions: features are NHWC float32 [B, H, W, C]; RoIs are [R, 5] float32 =
 (batch_index, x1, y1, x2, y2) in input-image pixels; position-sensitive ops read input channel
 c = (k * G + ph) * G + pw for output (ph, pw, k).
 
-Difference from the original kernels (shared/reference §5.1): when a sample coordinate is an
+Difference from the original kernels (docs/original.md#ps-roi-align): when a sample coordinate is an
 exact integer the original added the same pixel twice (value x2, x4 at integer x and y); here
 every sample is plain bilinear interpolation on the map zero-padded by one pixel.
 """
@@ -305,7 +305,7 @@ def _ps_roi_pool_twin(features, rois, group_size, spatial_scale):
 @tf.autograph.experimental.do_not_convert
 def ps_roi_align(features, rois, group_size, spatial_scale, sampling_ratio=(2, 2), pooling="max",
                  backend=None):
-    """Position-sensitive RoI-Align (the original PSAlignPool, reference §5.1).
+    """Position-sensitive RoI-Align (the original PSAlignPool, docs/original.md#ps-roi-align).
 
     Args:
       features: [B, H, W, C] float32 with C = K * group_size².
@@ -359,9 +359,9 @@ def roi_align(features, rois, output_size, spatial_scale, sampling_ratio=(2, 2),
 
 @tf.autograph.experimental.do_not_convert
 def ps_roi_pool(features, rois, group_size, spatial_scale, backend=None):
-    """Position-sensitive RoI pooling (the original PSROIPool, reference §5.3): corners rounded
-    half away from zero, +1 on x2/y2, floor/ceil integer bins clipped to the map, mean;
-    an empty bin gives 0.
+    """Position-sensitive RoI pooling (the original PSROIPool, docs/original.md#ps-roi-pooling):
+    corners rounded half away from zero, +1 on x2/y2, floor/ceil integer bins clipped to the map,
+    mean; an empty bin gives 0.
 
     Returns:
       [R, G, G, K] float32; output (ph, pw, k) reads input channel (k * G + ph) * G + pw.

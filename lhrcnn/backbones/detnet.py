@@ -1,4 +1,4 @@
-"""DetNet-59 (shared/reference/seed_models.md §1.2): ResNet-50's stages 1-4, then stages 5 and 6
+"""DetNet-59 (docs/models.md#detnet-59): ResNet-50's stages 1-4, then stages 5 and 6
 that keep stride 16, each 3 dilated bottlenecks [1x1 256 → 3x3 256, dilation 2 → 1x1 C_out];
 the first of each stage is type B (a 1x1 conv + BN projection shortcut, even though the size
 does not change), the others type A (identity shortcut). C_out (`stage56_channels`) is a

@@ -1,4 +1,4 @@
-"""Slim-compatible ResNet-v1-50/101 as modified by Light-Head R-CNN (reference §3.1).
+"""Slim-compatible ResNet-v1-50/101 as modified by Light-Head R-CNN (docs/original.md#resnet-v1-backbone).
 
 The network is TF1 slim's `resnet_v1` with the original's changes: the stride of block2 and
 block3 sits in their FIRST unit (on the 3x3 `conv2` and the 1x1 `shortcut`), block1 has no

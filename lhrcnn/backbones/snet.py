@@ -1,4 +1,4 @@
-"""SNet49 / SNet146 / SNet535, ThunderNet's backbones (shared/reference/seed_models.md §2.2):
+"""SNet49 / SNet146 / SNet535, ThunderNet's backbones (docs/models.md#snet):
 ShuffleNetV2 with every depthwise convolution 5x5.
 
 | stage | stride | SNet49 | SNet146 | SNet535 |

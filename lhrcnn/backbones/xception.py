@@ -1,4 +1,5 @@
-"""Xception* (Light-Head R-CNN paper Table 7) as implemented by geonseoks (reference §3.8).
+"""Xception* (Light-Head R-CNN paper Table 7) as implemented by geonseoks
+(docs/original.md#xception-backbone).
 
 A ResNet-v1-style network whose bottleneck 3x3 convolution is a separable one:
 root conv1 3x3/2 (24 ch, conv2d_same) + BN + ReLU, pool1 3x3/2 (TF SAME), then units

@@ -1,4 +1,4 @@
-"""Anchors: the py-faster-rcnn base set (reference §6.1) and its shifts over a feature grid."""
+"""Anchors: the py-faster-rcnn base set (docs/original.md#anchors) and its shifts over a feature grid."""
 import numpy as np
 import tensorflow as tf
 

@@ -1,4 +1,4 @@
-"""Box coding (py-faster-rcnn bbox_transform and its inverse, reference §6.2) and clipping.
+"""Box coding (py-faster-rcnn bbox_transform and its inverse, docs/original.md#box-coding) and clipping.
 
 With `offset=1.0` (the original) widths are x2 - x1 + 1 and the centre x1 + w / 2, while decoding
 puts x2 at cx + w / 2 (not - 1), so decode(encode(b)) is b shifted by +1 on x2 and y2: the

@@ -1,6 +1,6 @@
-"""Test-time post-processing (reference §6.7): class probabilities, de-normalised class-specific
-deltas decoded on the RoIs in original-image pixels, clipping, per-class NMS, the best
-`max_detections` per image. Padded, fixed-shape outputs."""
+"""Test-time post-processing (docs/original.md#post-processing): class probabilities,
+de-normalised class-specific deltas decoded on the RoIs in original-image pixels, clipping,
+per-class NMS, the best `max_detections` per image. Padded, fixed-shape outputs."""
 import tensorflow as tf
 
 from lhrcnn import ops

@@ -1,4 +1,5 @@
-"""RPN proposals (the original's batched proposal_opr, reference §6.3) with fixed output shapes."""
+"""RPN proposals (the original's batched proposal_opr, docs/original.md#proposals) with fixed output
+shapes."""
 import tensorflow as tf
 
 from lhrcnn import ops

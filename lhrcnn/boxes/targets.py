@@ -1,5 +1,6 @@
 """Training targets computed in-graph with fixed shapes: RPN anchor targets (the original's
-anchor_target_layer, reference §6.4) and R-CNN RoI targets (proposal_target_layer, §6.5).
+anchor_target_layer, docs/original.md#anchor-targets) and R-CNN RoI targets
+(proposal_target_layer, docs/original.md#roi-targets).
 
 Random subsampling uses random keys and top-k instead of `npr.choice`: the chosen subset is
 uniformly random like the original's, but not the same draw.
@@ -84,8 +85,8 @@ def _used_gt_slots(gt_boxes, gt_classes):
 
     The pipeline pads every image to a fixed number of slots (100); the padding is ignored
     everywhere, so the targets are the same without it, and the [B, N, M] IoU matrices shrink
-    from M = 100 to the batch's last used slot (6% of SNet146's synthetic training step on CPU,
-    0.200 -> 0.188 s). Under XLA the slots are kept: the cut is data-dependent."""
+    from M = 100 to the batch's last used slot (about 6% of SNet146's synthetic training step on
+    CPU). Under XLA the slots are kept: the cut is data-dependent."""
     if _in_xla_context():
         return gt_boxes, gt_classes
     slots = tf.shape(gt_classes)[1]

@@ -1,4 +1,4 @@
-"""The original's odgt format (one JSON object per line; reference §7) -> DetectionDataset."""
+"""The original's odgt format (one JSON object per line; docs/original.md#odgt) -> DetectionDataset."""
 import json
 import logging
 import os
@@ -25,8 +25,8 @@ def load_odgt(odgt_file, image_root, class_names, skip_ignored=True, keep_empty=
 
     Each line: {"ID": ..., "fpath": ..., "height": h, "width": w, "gtboxes": [{"box": [x, y, w, h],
     "tag": <class name>, "extra": {"ignore": 0|1}}, ...]}. The image path is `fpath` appended to
-    `image_root` (the original concatenated the strings, so a missing leading "/" broke it, issue
-    #17; here either form works). Boxes (x, y, x + w, y + h) are cleaned as in load_coco.
+    `image_root` (the original concatenated the strings, so a missing leading "/" broke every
+    path; here either form works). Boxes (x, y, x + w, y + h) are cleaned as in load_coco.
 
     Args:
       odgt_file: the .odgt file.

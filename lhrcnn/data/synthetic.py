@@ -25,7 +25,7 @@ MIN_SIDE, MAX_SIDE = 256, 640          # image height and width, each uniform in
 MIN_OBJECTS, MAX_OBJECTS = 1, 10
 MIN_OBJECT_SIZE = 12                   # px; the largest is half the image's short side
 # Sizes are uniform in sqrt(size) between the two: about 30% of the objects end up under 32 px
-# and 12% under 16 px at the default experiment's 320-px scale (COCO: 41% "small"). Log-uniform
+# and 12% under 16 px at the synthetic experiments' 320-px scale (COCO: 41% "small"). Log-uniform
 # sizes (version 1) gave 48% / 23%, too many to classify at stride 16 in a CPU-budget training.
 MIN_VISIBLE_FRACTION = 0.5             # of a shape's pixels, inside the image and not covered
 MIN_COLOUR_DISTANCE = 45.0             # RGB distance of a shape's colour from the background under it

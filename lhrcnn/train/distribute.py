@@ -1,4 +1,4 @@
-"""tf.distribute for training (issue #7): picking the strategy, the chief, where each worker
+"""tf.distribute for training: picking the strategy, the chief, where each worker
 writes, synchronised BatchNorm.
 
 Strategies (`make_strategy`):

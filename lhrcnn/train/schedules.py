@@ -1,4 +1,4 @@
-"""The original's learning-rate policy (reference §2, §8): `warmup_iters` iterations rising linearly
+"""The original's learning-rate policy (docs/original.md#training): `warmup_iters` iterations rising linearly
 from `warmup_factor · lr` to `lr` before epoch 0, then a multi-stage policy by epoch
 ((end_epoch, factor), ...): epochs below the first end use lr · factor_1, and so on."""
 import tensorflow as tf
