@@ -1,5 +1,6 @@
-"""NumPy references of the box machinery and losses, written from
-shared/reference/light_head_rcnn_original.md §6 (not from lhrcnn/boxes): plain loops over boxes
+"""NumPy references of the box machinery and losses, written from the description of the original
+in docs/original.md (anchors, box coding, anchor and RoI targets, losses, OHEM), not from
+lhrcnn/boxes: plain loops over boxes
 and images, float64 unless a test needs float32 rounding (IoU, see `iou_ref`)."""
 import math
 
@@ -134,7 +135,8 @@ def proposals_ref(logits, deltas, anchors, image_info, pre, post, threshold, off
 
 def anchor_labels_ref(anchors, gt_boxes, gt_classes, image_info, positive=0.7, negative=0.3, border=0,
                       offset=1.0):
-    """Labels before subsampling and targets, per §6.4 (py-faster-rcnn's np.where logic)."""
+    """Labels before subsampling and targets, per docs/original.md#anchor-targets (py-faster-rcnn's
+    np.where logic)."""
     batch, n = len(gt_boxes), len(anchors)
     labels = -np.ones((batch, n), np.int64)
     targets = np.zeros((batch, n, 4))
@@ -163,7 +165,8 @@ def anchor_labels_ref(anchors, gt_boxes, gt_classes, image_info, positive=0.7, n
 def roi_targets_keep_all_ref(rois, valid, gt_boxes, gt_classes, num_classes, fg_thresh=0.5, bg_hi=0.5,
                              bg_lo=0.0, append_gt=True, means=(0, 0, 0, 0), stds=(0.1, 0.1, 0.2, 0.2),
                              class_specific=True, offset=1.0):
-    """§6.5 with BATCH_SIZE = -1, keeping the input row order (proposals, then GT)."""
+    """docs/original.md#roi-targets with BATCH_SIZE = -1, keeping the input row order (proposals,
+    then GT)."""
     rows, row_valid = list(rois), list(valid)
     if append_gt:
         for b in range(len(gt_boxes)):

@@ -1,5 +1,5 @@
-"""NumPy reference implementations of the custom ops, written from the semantics of
-shared/reference/light_head_rcnn_original.md §5 (not from the kernels): plain loops, float32
+"""NumPy reference implementations of the custom ops, written from the semantics in
+docs/original.md#ops (not from the kernels): plain loops, float32
 arithmetic where the original computes in float32, and bilinear sampling expressed as standard
 interpolation on an explicitly zero-padded map. Tests compare both backends against these.
 """

@@ -1,4 +1,4 @@
-"""The backbones of issue #8 (SNet49/146/535, DetNet-59), every backbone's ImageNet-classification
+"""The family's backbones (SNet49/146/535, DetNet-59), every backbone's ImageNet-classification
 form, and the multiply-add counter (lhrcnn/flops.py) against hand counts and the papers."""
 import numpy as np
 import pytest
@@ -76,7 +76,7 @@ def test_count_macs_by_hand():
 
 
 def snet_macs_by_hand(name, size=224):
-    """Multiply-adds of an SNet classifier from the stage table alone (seed_models.md §2.2),
+    """Multiply-adds of an SNet classifier from the stage table alone (docs/models.md#snet),
     unit by unit: the independent reference of the model's count."""
     stem, widths, conv5 = {"snet49": (24, (60, 120, 240), 512), "snet146": (24, (132, 264, 528), None),
                            "snet535": (48, (248, 496, 992), None)}[name]

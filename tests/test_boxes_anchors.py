@@ -1,11 +1,11 @@
-"""Anchors: the py-faster-rcnn table of reference §6.1 and the (y, x, a) grid order."""
+"""Anchors: the py-faster-rcnn table of docs/original.md#anchors and the (y, x, a) grid order."""
 import numpy as np
 import tensorflow as tf
 
 import reference_boxes as ref
 from lhrcnn.boxes import generate_base_anchors, grid_anchors
 
-# reference §6.1: index a = ratio_index * 5 + scale_index
+# docs/original.md#anchors: index a = ratio_index * 5 + scale_index
 TABLE = [[-15, -4, 30, 19], [-38, -16, 53, 31], [-84, -40, 99, 55], [-176, -88, 191, 103],
          [-360, -184, 375, 199], [-8, -8, 23, 23], [-24, -24, 39, 39], [-56, -56, 71, 71],
          [-120, -120, 135, 135], [-248, -248, 263, 263], [-3, -14, 18, 29], [-14, -36, 29, 51],

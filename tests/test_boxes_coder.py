@@ -1,5 +1,5 @@
 """Box coding against the NumPy reference and hand values, including the +1 asymmetry of
-the original's decode (reference §6.2), delta clamping and batched clipping."""
+the original's decode (docs/original.md#box-coding), delta clamping and batched clipping."""
 import math
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""RPN proposals against a NumPy reference with its own greedy NMS (reference §6.3)."""
+"""RPN proposals against a NumPy reference with its own greedy NMS (docs/original.md#proposals)."""
 import numpy as np
 import pytest
 import tensorflow as tf

@@ -1,4 +1,5 @@
-"""Anchor targets (reference §6.4) and RoI targets (§6.5) against NumPy references, hand cases
+"""Anchor targets (docs/original.md#anchor-targets) and RoI targets (docs/original.md#roi-targets)
+against NumPy references, hand cases
 and the properties of the in-graph random subsampling."""
 import numpy as np
 import pytest

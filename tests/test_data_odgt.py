@@ -1,4 +1,4 @@
-"""load_odgt against small hand-written odgt files (reference §7)."""
+"""load_odgt against small hand-written odgt files (docs/original.md#odgt)."""
 import json
 import logging
 

@@ -1,5 +1,5 @@
-"""The whole detector: parameter counts against reference §4, the parts callable alone, a
-training step that lowers the loss, XLA compilation of inference with the pure-TF twins,
+"""The whole detector: parameter counts against docs/original.md#checkpoints, the parts callable
+alone, a training step that lowers the loss, XLA compilation of inference with the pure-TF twins,
 compiled ops vs twins, checkpoints."""
 import os
 
@@ -16,7 +16,8 @@ SYNTHETIC = os.path.join(ROOT, "experiments/lhrcnn/light_head_rcnn.xception_star
 
 
 def _resnet101_backbone_parameters():
-    """From the slim shape table (reference §4.1): conv weights + 4 BN vectors per conv."""
+    """From the slim shape table (docs/original.md#model-variables): conv weights + 4 BN vectors
+    per conv."""
     total = 7 * 7 * 3 * 64 + 4 * 64
     inp = 64
     for units, depth, bottleneck in ((3, 256, 64), (4, 512, 128), (23, 1024, 256), (3, 2048, 512)):

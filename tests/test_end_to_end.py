@@ -16,8 +16,8 @@ EXPERIMENT = os.path.join(ROOT, "experiments/lhrcnn/light_head_rcnn.xception_sta
 
 
 def _make_experiment(tmp_path, train_images, val_images, eval_on_train=False, experiment=EXPERIMENT, **fields):
-    """A copy of a synthetic experiment (default: the main job's) pointing at small datasets in
-    tmp_path (evaluating on the training images when eval_on_train)."""
+    """A copy of a synthetic experiment (default: light_head_rcnn.xception_star.synthetic) pointing
+    at small datasets in tmp_path (evaluating on the training images when eval_on_train)."""
     for name, count, seed in (("train", train_images, 11), ("val", val_images, 12)):
         subprocess.run([sys.executable, os.path.join(ROOT, "scripts/make_synthetic_dataset.py"), "--output",
                         str(tmp_path / name), "--num-images", str(count), "--seed", str(seed)], check=True,
@@ -101,7 +101,7 @@ def test_a_few_minutes_of_training_lift_ap50_far_above_chance(tmp_path):
     assert metrics["AP50"] >= 0.5 and metrics["AP"] >= 0.25, metrics
 
 
-# The family's synthetic variants (issue #8): steps for the 8-image check, and the image size.
+# The family's synthetic variants: steps for the 8-image check.
 FAMILY = {
     "thundernet.snet146.synthetic": 400,
     "detnet59.fpn.synthetic": 400,
@@ -114,7 +114,7 @@ FAMILY = {
 def test_family_variant_learns_and_exports(tmp_path, name):
     """Each family detector's synthetic variant through the scripts: scripts/train.py for a few
     minutes on 8 synthetic images, scripts/test.py on those images (AP50 far above chance, as in
-    the main job's check above), then scripts/export.py: the SavedModel answers what the trained
+    the Xception* check above), then scripts/export.py: the SavedModel answers what the trained
     detector answers in-process."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import export_fixtures as fx

@@ -1,4 +1,4 @@
-"""SavedModel export (issue #6): in-graph preprocessing against the eval path, the version
+"""SavedModel export: in-graph preprocessing against the eval path, the version
 folder's layout and atomic write, the graph's ops, the stock-op export loaded and run in a process
 that never imports lhrcnn (compared with the in-process detector), the custom-op export failing
 to load without the op library and working with it, and scripts/export.py."""

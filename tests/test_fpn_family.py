@@ -319,7 +319,7 @@ def test_width_divisor_divides_every_width():
 
 def test_double_head_multiply_adds_per_roi_by_hand():
     """The official head (up-channel block, [non-local -> bottleneck] x 2, Ext) on 256-channel
-    levels, counted by hand per RoI (shared/reference/seed_models.md §3.4: ≈ 0.37 GMAC/RoI)."""
+    levels, counted by hand per RoI (docs/models.md#conv-head: ≈ 0.37 GMAC/RoI)."""
     from lhrcnn.flops import count_macs
     strides = {"P2": 4, "P3": 8, "P4": 16, "P5": 32}
     head = DoubleHead(81, strides, conv_blocks=2, non_local=True)

@@ -1,5 +1,5 @@
-"""Losses against NumPy references (reference §6.6) and hand values; OHEM selection and its
-gradient."""
+"""Losses against NumPy references (docs/original.md#losses, #ohem) and hand values; OHEM
+selection and its gradient."""
 import numpy as np
 import pytest
 import tensorflow as tf

@@ -1,5 +1,5 @@
-"""Test-time post-processing against a NumPy implementation of reference §6.7 (per-class loop,
-decode in original pixels with +1, clip, NMS per class, merge, best K)."""
+"""Test-time post-processing against a NumPy implementation of docs/original.md#post-processing
+(per-class loop, decode in original pixels with +1, clip, NMS per class, merge, best K)."""
 import math
 
 import numpy as np

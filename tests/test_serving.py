@@ -1,4 +1,4 @@
-"""Serving the stock-op export (issue #6) through a stand-in for tensorflow_model_server
+"""Serving the stock-op export through a stand-in for tensorflow_model_server
 (tests/serving_server.py: a TF1 session over the SavedModel, gRPC PredictionService and REST
 :predict on loopback, warm-up replayed on load): scripts/serving_client.py end to end over gRPC
 and REST against the in-process detector, and bad input at the serving boundary answered with

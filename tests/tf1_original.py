@@ -1,9 +1,9 @@
-"""The original network as a TF1 graph, written from shared/reference/light_head_rcnn_original.md
-(§3 network, §3.8 Xception*, §4 variable names, §6 anchors, box coding, proposals and test-time
-post-processing), not from lhrcnn: plain `tf.compat.v1` variables named as slim names them,
+"""The original network as a TF1 graph, written from docs/original.md (the network sections,
+#xception-backbone, #checkpoints for the variable names, #anchors, #box-coding, #proposals and
+#post-processing), not from lhrcnn: plain `tf.compat.v1` variables named as slim names them,
 slim's computations spelled out with `tf.compat.v1` ops (conv2d_same, fused batch norm with
 is_training=False, separable_conv2d, fully connected layers), and lhrcnn's compiled PS-RoI ops
-standing in for the original's GPU kernels (they are checked against the reference semantics in
+standing in for the original's GPU kernels (they are checked against the original's semantics in
 tests/test_ops_roi_pooling.py).
 
 `OriginalNetwork(...)` builds the test graph (batch 1, as the original's test.py) with random
@@ -19,7 +19,9 @@ from lhrcnn import ops
 tf1 = tf.compat.v1
 
 SCOPES = {"resnet_v1_50": "resnet_v1_50", "resnet_v1_101": "resnet_v1_101", "xception_star": "resnet_v1_xception"}
-RESNET_BLOCKS = {  # (depth, bottleneck, stride, rate) of every unit, reference §3.1 (the original's placement)
+# Units per block; each unit's (depth, bottleneck, stride, rate) in resnet_units, the original's placement
+# (docs/original.md#resnet-v1-backbone).
+RESNET_BLOCKS = {
     "resnet_v1_50": (3, 4, 6, 3), "resnet_v1_101": (3, 4, 23, 3)}
 BBOX_STDS = np.array([0.1, 0.1, 0.2, 0.2])
 
@@ -32,15 +34,15 @@ def resnet_units(name):
             [(2048, 512, 1, 2)] * n4]
 
 
-XCEPTION_UNITS = [[(144, 24, 2, 1)] + [(144, 24, 1, 1)] * 3,  # reference §3.8
+XCEPTION_UNITS = [[(144, 24, 2, 1)] + [(144, 24, 1, 1)] * 3,  # docs/original.md#xception-backbone
                   [(288, 144, 2, 1)] + [(288, 144, 1, 1)] * 7,
                   [(576, 288, 1, 1)] + [(576, 288, 1, 1)] * 3]
 
 
-# ----------------------------------------------------------------------------- boxes (§6)
+# ----------------------------------------------------------------------------- boxes
 
 def generate_anchors(base_size=16, ratios=(0.5, 1, 2), scales=(2, 4, 8, 16, 32)):
-    """py-faster-rcnn anchors (§6.1), ratio-major."""
+    """py-faster-rcnn anchors (docs/original.md#anchors), ratio-major."""
     ctr = (base_size - 1) / 2.0
     out = []
     for r in ratios:
@@ -53,7 +55,7 @@ def generate_anchors(base_size=16, ratios=(0.5, 1, 2), scales=(2, 4, 8, 16, 32))
 
 
 def shifted_anchors(height, width, stride=16, **kwargs):
-    """[H·W·A, 4], index (y·W + x)·A + a (§6.1)."""
+    """[H·W·A, 4], index (y·W + x)·A + a (docs/original.md#anchors)."""
     base = generate_anchors(**kwargs)
     out = [base[a] + np.array([x, y, x, y]) * stride
            for y in range(height) for x in range(width) for a in range(len(base))]
@@ -61,7 +63,8 @@ def shifted_anchors(height, width, stride=16, **kwargs):
 
 
 def bbox_transform_inv_np(boxes, deltas):
-    """§6.2 decode (+1 widths, x2 = cx + 0.5 w), numpy; boxes [N, 4], deltas [N, 4k]."""
+    """docs/original.md#box-coding decode (+1 widths, x2 = cx + 0.5 w), numpy; boxes [N, 4],
+    deltas [N, 4k]."""
     boxes = boxes.astype(np.float64)
     w = boxes[:, 2] - boxes[:, 0] + 1.0
     h = boxes[:, 3] - boxes[:, 1] + 1.0
@@ -76,7 +79,7 @@ def bbox_transform_inv_np(boxes, deltas):
 
 
 def cython_nms(dets, thresh):
-    """py-faster-rcnn cpu_nms (§5.6): by descending score, +1 areas, suppress IoU >= thresh.
+    """py-faster-rcnn cpu_nms (docs/original.md#nms): by descending score, +1 areas, suppress IoU >= thresh.
     Exactly equal scores (PSROIPool gives them to RoIs that round to the same pixels) are visited
     lower index first; the original's `scores.argsort()[::-1]` leaves their order to numpy's
     unstable sort."""
@@ -96,8 +99,8 @@ def cython_nms(dets, thresh):
 
 
 def postprocess_detections(cls_prob, bbox_pred, rois, im_info, nms_thresh, max_per_image=100, score_thresh=0.0):
-    """test.py's post-processing (§6.7) of one image: -> (boxes [K, 4], scores [K], classes [K]),
-    by descending score."""
+    """test.py's post-processing (docs/original.md#post-processing) of one image: -> (boxes [K, 4],
+    scores [K], classes [K]), by descending score."""
     scale = im_info[2]
     boxes = rois[:, 1:5] / scale
     pred = bbox_transform_inv_np(boxes, bbox_pred)
@@ -182,7 +185,7 @@ class OriginalNetwork:
     # ------------------------------------------------------------------ slim layers
     def conv_bn(self, x, scope, depth, k, stride=1, rate=1, relu=True, trainable=True):
         """slim conv2d (no bias) + BatchNorm (+ ReLU); k > 1 with stride > 1 is conv2d_same's
-        explicit symmetric padding then VALID, otherwise SAME (§3.1)."""
+        explicit symmetric padding then VALID, otherwise SAME (docs/original.md#resnet-v1-backbone)."""
         cin = int(x.shape[-1])
         with tf1.variable_scope(scope):
             std = np.sqrt(2.0 / (k * k * cin))  # He init
@@ -208,7 +211,8 @@ class OriginalNetwork:
         return tf.nn.relu(y) if relu else y
 
     def bottleneck(self, x, depth, bottleneck, stride, rate, trainable):
-        """slim bottleneck_v1 (§3.1) or geonseoks' separable unit (§3.8) under bottleneck_v1/."""
+        """slim bottleneck_v1 (docs/original.md#resnet-v1-backbone) or geonseoks' separable unit
+        (#xception-backbone) under bottleneck_v1/."""
         with tf1.variable_scope("bottleneck_v1"):
             if int(x.shape[-1]) == depth:
                 shortcut = x if stride == 1 else tf1.nn.max_pool(x, [1, 1, 1, 1], [1, stride, stride, 1], "SAME")
@@ -257,7 +261,7 @@ class OriginalNetwork:
         t["rois"] = tf1.placeholder_with_default(self._proposals(), [None, 5], name="rois")
         rois, c = t["rois"], self.num_classes
         if self.head == "light_head":
-            k, n = 15, 490  # global_context_module (§3.3)
+            k, n = 15, 490  # global_context_module (docs/original.md#large-separable-convolution)
             w = self.conv_bias(self.conv_bias(head_input, "conv_new_1_conv15_w_pre", mid_channels, k, 1, 0.01, False),
                                "conv_new_1_conv15_w", n, 1, k, 0.01, False)
             h = self.conv_bias(self.conv_bias(head_input, "conv_new_1_conv15_h_pre", mid_channels, 1, k, 0.01, False),
@@ -271,7 +275,7 @@ class OriginalNetwork:
             fc = self.fully_connected(flat, "ps_fc_1", 2048, 0.05, True)
             t["cls_score"] = self.fully_connected(fc, "cls_fc", c, 0.1, False)
             t["bbox_fc"] = self.fully_connected(fc, "bbox_fc", 4 * c, 0.01, False)
-        else:  # R-FCN (§3.7)
+        else:  # R-FCN (docs/original.md#r-fcn-head)
             conv_new = self.conv_bias(head_input, "conv_new_1", 1024, 1, 1, 0.02, True)
             t["rfcn_cls"] = self.conv_bias(conv_new, "rfcn_cls", 49 * c, 1, 1, 0.1, False)
             t["rfcn_bbox"] = self.conv_bias(conv_new, "rfcn_bbox", 49 * 4, 1, 1, 0.01, False)
@@ -282,7 +286,7 @@ class OriginalNetwork:
         t["bbox_pred"] = t["bbox_fc"] * np.tile(BBOX_STDS, c).astype(np.float32)  # means are 0
 
     def _proposals(self, pre_nms=6000, post_nms=1000, nms_thresh=0.7):
-        """proposal_opr in TEST mode (§6.3), batch 1; top_k of min(pre_nms, #anchors)."""
+        """proposal_opr in TEST mode (docs/original.md#proposals), batch 1; top_k of min(pre_nms, #anchors)."""
         t = self.tensors
         prob = tf.reshape(tf.nn.softmax(tf.reshape(t["rpn_cls_score"], [-1, 2])), tf.shape(t["rpn_cls_score"]))
         scores = tf.reshape(prob, [1, -1, 2])[0, :, 1]
@@ -305,8 +309,9 @@ class OriginalNetwork:
         return tf.concat([tf.zeros_like(boxes[:, :1]), boxes], axis=1)
 
     def _training_state(self):
-        """tools/train.py's state (§4.2, §8): float32 global_step, the LR Variable, Momentum slots
-        and EMA shadows of the trainable variables. Shadows are set apart from the raw weights."""
+        """tools/train.py's state (docs/original.md#training-state): float32 global_step, the LR
+        Variable, Momentum slots and EMA shadows of the trainable variables. Shadows are set apart
+        from the raw weights."""
         trainable = tf1.trainable_variables()
         global_step = tf1.get_variable("global_step", [], tf.float32, tf1.constant_initializer(0.0), trainable=False)
         lr = tf1.Variable(0.01, trainable=False)  # unnamed: "Variable"

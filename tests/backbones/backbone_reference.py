@@ -1,4 +1,5 @@
-"""NumPy (float64) reference of the backbones, written from the reference text, not the library.
+"""NumPy (float64) reference of the backbones, written from their description in docs/original.md
+(#resnet-v1-backbone, #xception-backbone), not from the library.
 
 Convolutions are explicit tap sums over an explicitly padded input; the padding rules are TF1's:
 slim `conv2d_same` pads `(k_eff - 1) // 2` before and the rest after when strided, TF `SAME`
@@ -99,7 +100,7 @@ def slim_conv(x, w, layer, k, stride=1, rate=1):
 
 
 def resnet_v1(images, w, units, dilate_block4=True):
-    """Reference §3.1: returns {"C2".."C5"} as float64 arrays."""
+    """docs/original.md#resnet-v1-backbone: returns {"C2".."C5"} as float64 arrays."""
     x = relu(slim_conv(images, w, "conv1", 7, stride=2))
     x = max_pool_same(x)
     blocks = [(256, 64, 1, 1), (512, 128, 2, 1), (1024, 256, 2, 1),
@@ -119,7 +120,7 @@ def resnet_v1(images, w, units, dilate_block4=True):
 
 
 def xception_star(images, w):
-    """Reference §3.8: returns {"C2".."C5"} as float64 arrays."""
+    """docs/original.md#xception-backbone: returns {"C2".."C5"} as float64 arrays."""
     x = relu(slim_conv(images, w, "conv1", 3, stride=2))
     x = max_pool_same(x)
     features = {"C2": x}

@@ -1,4 +1,5 @@
-"""Tests of lhrcnn.backbones.resnet_v1 against reference §3.1/§4 and a NumPy reference."""
+"""Tests of lhrcnn.backbones.resnet_v1 against docs/original.md (#resnet-v1-backbone,
+#model-variables) and a NumPy reference."""
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -26,7 +27,7 @@ def r50():
 
 
 def slim_variables(scope, units):
-    """Every slim variable name → shape of the backbone, from the table of reference §4.1."""
+    """Every slim variable name → shape of the backbone, from docs/original.md#model-variables."""
     convs = {"conv1": (7, 7, 3, 64)}
     rows = [(256, 64), (512, 128), (1024, 256), (2048, 512)]  # conv3 out, bottleneck
     depth_in = 64
@@ -166,7 +167,8 @@ def test_r101_counts_are_those_of_the_reference(r101):
     slim = slim_variables("resnet_v1_101", UNITS["resnet_v1_101"])
     kernels = [s for s in slim if s.endswith("/weights")]
     assert len(kernels) == 104 and len(slim) == 520 == len(r101.weights)
-    # §4.1: 68,699,523 parameters in all, 26,094,019 of them in the 20 head tensors.
+    # docs/original.md#model-variables: 68,699,523 parameters in all, 26,094,019 of them in the 20
+    # head tensors.
     head = [(3, 3, 1024, 512), (512,), (1, 1, 512, 30), (30,), (1, 1, 512, 60), (60,),
             (15, 1, 2048, 256), (256,), (1, 15, 256, 490), (490,), (1, 15, 2048, 256), (256,),
             (15, 1, 256, 490), (490,), (490, 2048), (2048,), (2048, 81), (81,),

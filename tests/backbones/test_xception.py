@@ -1,4 +1,5 @@
-"""Tests of lhrcnn.backbones.xception (Xception*, reference §3.8) against a NumPy reference."""
+"""Tests of lhrcnn.backbones.xception (Xception*, docs/original.md#xception-backbone) against a NumPy
+reference."""
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -6,7 +7,7 @@ import tensorflow as tf
 import backbone_reference as ref
 from lhrcnn.backbones import backbone_options, build_backbone, layers
 
-# (depth, bottleneck, first-unit stride, units) of block1..3, from reference §3.8.
+# (depth, bottleneck, first-unit stride, units) of block1..3, from docs/original.md#xception-backbone.
 BLOCKS = [(144, 24, 2, 4), (288, 144, 2, 8), (576, 288, 1, 4)]
 
 
