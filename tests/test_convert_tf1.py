@@ -1,7 +1,7 @@
 """TF1 checkpoint conversion (lhrcnn/convert/tf1.py, scripts/convert_tf1.py, scripts/train.py
 --init-checkpoint) against the original network built as a TF1 graph (tests/tf1_original.py,
-written from reference §3-§4 and §6): random weights, non-trivial BN statistics, the full set of
-checkpoint tensors; the converted TF2 detector must reproduce the graph's C4, C5, RPN outputs,
+written from the network, checkpoint and box sections of docs/original.md): random weights,
+non-trivial BN statistics, the full set of checkpoint tensors; the converted TF2 detector must reproduce the graph's C4, C5, RPN outputs,
 thin feature map (or R-FCN score maps), head outputs for given RoIs and the final detections
 within 1e-4 relative error. Mismatching checkpoints are errors naming the tensors."""
 import importlib.util
@@ -117,7 +117,8 @@ def run_script(script, *args):
 
 
 def reference_r101_tensors():
-    """Reference §4.1-§4.2 written out: the 540 model tensors with shapes, and the 113 trainable."""
+    """docs/original.md#model-variables and #training-state written out: the 540 model tensors with
+    shapes, and the 113 trainable."""
     shapes, trainable = {}, set()
 
     def conv_bn(scope, shape, train):

@@ -1,4 +1,4 @@
-"""tf.distribute training (issue #7), proven on CPU:
+"""tf.distribute training, proven on CPU:
 
 - two logical CPU devices under MirroredStrategy with 1 image per replica update the weights
   exactly as one device with both images (frozen BN; a trained BN with synchronised statistics),
