@@ -1,9 +1,9 @@
 """TF1 checkpoint conversion (lhrcnn/convert/tf1.py, scripts/convert_tf1.py, scripts/train.py
 --init-checkpoint) against the original network built as a TF1 graph (tests/tf1_original.py,
 written from the network, checkpoint and box sections of docs/original.md): random weights,
-non-trivial BN statistics, the full set of checkpoint tensors; the converted TF2 detector must reproduce the graph's C4, C5, RPN outputs,
-thin feature map (or R-FCN score maps), head outputs for given RoIs and the final detections
-within 1e-4 relative error. Mismatching checkpoints are errors naming the tensors."""
+non-trivial BN statistics, the full set of checkpoint tensors; the converted TF2 detector must
+reproduce the graph's C4, C5, RPN outputs, thin feature map (or R-FCN score maps), head outputs
+for given RoIs and the final detections within 1e-4 relative error. Mismatching checkpoints are errors naming the tensors."""
 import importlib.util
 import os
 import shutil
