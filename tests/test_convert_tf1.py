@@ -3,7 +3,8 @@
 written from the network, checkpoint and box sections of docs/original.md): random weights,
 non-trivial BN statistics, the full set of checkpoint tensors; the converted TF2 detector must
 reproduce the graph's C4, C5, RPN outputs, thin feature map (or R-FCN score maps), head outputs
-for given RoIs and the final detections within 1e-4 relative error. Mismatching checkpoints are errors naming the tensors."""
+for given RoIs and the final detections within 1e-4 relative error. Mismatching checkpoints are
+errors naming the tensors."""
 import importlib.util
 import os
 import shutil
