@@ -1,4 +1,4 @@
-"""geonseoks' Light-Head R-CNN with the paper's Xception* backbone (reference §3.8), trained on COCO
+"""geonseoks' Light-Head R-CNN with the paper's Xception* backbone (docs/original.md#xception-backbone), trained on COCO
 with the original's recipe: the experiment its TF1 checkpoints (scope `resnet_v1_xception`) convert
 into with scripts/convert_tf1.py. Frozen BN and stem (conv1, block1) as in the original's arg
 scopes, RPN (256 channels) on block2, large separable conv (15, 64, 490) on block3, PS-RoI-Align,

@@ -1,5 +1,5 @@
-"""DetNet-59 + FPN on the embedded synthetic dataset: the main job's data, schedule and optimiser
-(experiments/lhrcnn/light_head_rcnn.xception_star.synthetic) with the detector of
+"""DetNet-59 + FPN on the embedded synthetic dataset: the data, schedule and optimiser of
+experiments/lhrcnn/light_head_rcnn.xception_star.synthetic with the detector of
 detnet59.fpn.coco at a quarter of its widths (backbone `width_divisor` 4, FPN 64 channels, fc
 256: the same topology, 16x fewer multiply-adds, so that it trains from scratch on a 2-core CPU in
 minutes). Anchors 16..256 px for the synthetic objects (12 px to half an image)."""

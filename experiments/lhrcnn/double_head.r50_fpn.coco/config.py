@@ -1,5 +1,5 @@
 """Double-Head-Ext R-CNN on ResNet-50-FPN, COCO, the official recipe
-(shared/reference/seed_models.md §3.2-3.7): 800 / 1333 images; RPN on P2..P6 (anchors 32..512 at
+(docs/models.md#double-head-r-cnn): 800 / 1333 images; RPN on P2..P6 (anchors 32..512 at
 strides 4..64, ratios 1:2, 1:1, 2:1); RoIAlign 7x7 (2x2 samples) from P2..P5; fc-head two fc 1024;
 conv-head: up-channel block then [non-local -> bottleneck] x 2 (the official default that
 produced its README numbers, 40.3 AP on val2017); the conv-head's RoIs enlarged 1.3x; Ext loss

@@ -1,5 +1,5 @@
-"""Double-Head-Ext R-CNN on ResNet-50-FPN on the embedded synthetic dataset: the main job's data,
-schedule and optimiser (experiments/lhrcnn/light_head_rcnn.xception_star.synthetic) with the
+"""Double-Head-Ext R-CNN on ResNet-50-FPN on the embedded synthetic dataset: the data, schedule
+and optimiser of experiments/lhrcnn/light_head_rcnn.xception_star.synthetic with the
 detector of double_head.r50_fpn.coco at a quarter of its widths (backbone `width_divisor` 4,
 FPN 64 channels, fc-head 256, conv-head 256 / 64 with 2 bottlenecks and non-local blocks): the
 same topology at 1/16 of the multiply-adds, to train from scratch on a 2-core CPU in minutes."""

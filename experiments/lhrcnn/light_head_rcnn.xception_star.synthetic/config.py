@@ -1,6 +1,7 @@
-"""The default experiment of the main job: Light-Head R-CNN with the paper's Xception* backbone
-(Table 7), trained from scratch on the embedded synthetic dataset (data/synthetic/, made by
-scripts/make_synthetic_dataset.py). BN is trained here (no ImageNet statistics to freeze)."""
+"""Light-Head R-CNN with the paper's Xception* backbone (Table 7), trained from scratch on the
+embedded synthetic dataset (data/synthetic/, made by scripts/make_synthetic_dataset.py). BN is
+trained here (no ImageNet statistics to freeze). The other synthetic experiments (the main job's
+thundernet.snet146.synthetic among them) take their data, schedule and optimiser from here."""
 import math
 
 from lhrcnn.config import Config
@@ -34,7 +35,7 @@ class ExperimentConfig(Config):
     # The light head scaled to 320-px images: at stride 16 they are 20-32 cells wide, so the large
     # separable convolution's k = 9 (144 px) already spans most of an image (the paper's k = 15
     # is for 800-px COCO images); the thin map has 5 channels per bin, 5 x 7 x 7 = 245 (as
-    # ThunderNet's), not 10. Together 20% less time per step (0.35 -> 0.28 s), spent on more steps.
+    # ThunderNet's), not 10. Together about 20% less time per step, spent on more steps.
     large_separable_kernel = 9
     large_separable_mid_channels = 64
     large_separable_out_channels = 245
@@ -51,7 +52,7 @@ class ExperimentConfig(Config):
     test_nms = 0.5
     test_score_threshold = 0.01
 
-    # The main job's schedule: 100 warm-up + 10 "epochs" of 470 steps (2 images each) = 4800
+    # The schedule: 100 warm-up + 10 "epochs" of 470 steps (2 images each) = 4800
     # steps, about 22 minutes on a 2-core CPU; the LR decays in steps after epoch 4 (measured at
     # 1500 steps: AP 0.22 vs 0.185 with a single drop after epoch 7).
     train_batch_per_gpu = 2

@@ -1,4 +1,4 @@
-"""ThunderNet with SNet146 on COCO, the paper's recipe (shared/reference/seed_models.md §2.7) with
+"""ThunderNet with SNet146 on COCO, the paper's recipe (docs/models.md#thundernet-recipe) with
 the author's code where the paper is silent: 320 x 320 test input; multi-scale training {240, 320,
 480}; synchronous SGD, momentum 0.9, weight decay 1e-4, lr 0.01 for 64 images (4 GPUs x 16) with
 cross-GPU BN; 375k iterations (the paper's COCO count; the decay steps are not given: x0.1 at

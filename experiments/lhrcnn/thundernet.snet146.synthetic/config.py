@@ -1,6 +1,6 @@
 """ThunderNet with SNet146 on the embedded synthetic dataset, the main job's default (`make demo`):
 the data, schedule and optimiser of experiments/lhrcnn/light_head_rcnn.xception_star.synthetic,
-ThunderNet's detector (shared/reference/seed_models.md §2): CEM, compressed RPN with 25 anchors,
+ThunderNet's detector (docs/models.md#thundernet): CEM, compressed RPN with 25 anchors,
 SAM, PS-RoI-Align with 5 channels per bin, one fc 1024. Trained from scratch (no ImageNet SNet here)."""
 from lhrcnn.config import base_experiment_config
 
@@ -20,7 +20,7 @@ class ExperimentConfig(_Base):
     large_separable_out_channels = 245  # the thin map: 7 x 7 x 5
     rcnn_fc_channels = 1024
     thin_map_norm = None
-    # The main job's 30-minute budget (issues #4, #8; the whole job on this 2-core machine):
+    # The main job's 30-minute budget (the whole job on a 2-core machine):
     # 100 warm-up + 10 "epochs" of 680 steps = 6900 steps at ~0.20 s per step, 23 minutes of
     # training, 24 min 7 s for the whole main job (AP 0.623 / AP50 0.830). Fewer steps lose AP50
     # fast (6200 steps: 0.788).

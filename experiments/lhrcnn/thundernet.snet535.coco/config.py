@@ -1,5 +1,5 @@
 """ThunderNet with SNet535 on COCO: thundernet.snet146.coco's recipe with the SNet535 backbone
-(shared/reference/seed_models.md §2). Paper: 28.0 AP on COCO test-dev, about 1.3 GFLOPs."""
+(docs/models.md#thundernet). Paper: 28.0 AP on COCO test-dev, about 1.3 GFLOPs."""
 from lhrcnn.config import base_experiment_config
 
 _Base = base_experiment_config(__file__, "thundernet.snet146.coco")
