@@ -1,4 +1,4 @@
-"""DetNet-59 + FPN on COCO with the paper's recipe (docs/models.md#detnet-fpn, #detnet-recipe):
+"""DetNet-59 + FPN on COCO with the paper's recipe (docs/models.md#detnet-59-fpn, #detnet-recipe):
 800 / 1333 images, ImageNet-initialised backbone with stage 1 and every BN frozen, synchronous
 SGD (momentum 0.9, weight decay 1e-4) at lr 0.02 for 16 images (8 GPUs x 2), x0.1 at 120k and
 160k iterations, 180k in all, warm-up 500 iterations from 0.3 x lr; proposals 12000 -> 2000
