@@ -56,9 +56,11 @@ class Config:
     cache_decoded_images = False    # keep decoded training images in memory (small datasets only)
     filter_gt_ignore_label = True   # drop crowd / ignored GT
 
-    # --- backbone
+    # --- parts, by registered name (lhrcnn.registry; the built-in ones: lhrcnn.builders)
     backbone = "resnet_v1_101"
     backbone_options = {"freeze_bn": True, "freeze_stem": True}
+    neck = None                     # None, "cem" (ThunderNet's CEM) or "fpn" (feature pyramid on fpn_inputs)
+    rpn_head = "standard"           # "standard" (3x3 conv) or "compressed" (ThunderNet: 5x5 depthwise + 1x1)
     rpn_feature = "C4"              # feature the RPN sits on; a tuple of names: an FPN's levels, one shared head
     head_feature = "C5"             # feature the thin map (or R-FCN head) sits on
     feature_stride = 16
@@ -95,7 +97,8 @@ class Config:
     roi_align_aligned = True
 
     # --- R-CNN head
-    head = "light_head"             # "light_head", "rfcn", "fpn_2fc" (FPN / DetNet 2-fc) or "double_head"
+    head = "light_head"             # RoI heads: "light_head", "rfcn", "thundernet" (SAM + Light-Head subnet),
+                                    # "fpn_2fc" (FPN / DetNet 2-fc) or "double_head"
     roi_pooling = "ps_roi_align"    # "ps_roi_align" (max, 2x2) or "ps_roi_pool"
     ps_group_size = 7
     ps_sampling_ratio = (2, 2)
@@ -205,8 +208,11 @@ class Config:
         def need(cond, msg):
             if not cond:
                 raise ValueError(f"config: {msg}")
-        heads = ("light_head", "rfcn", "fpn_2fc", "double_head")
-        need(self.head in heads, f"head must be one of {heads}, got {self.head!r}")
+        for part in ("backbone", "rpn_head", "head"):  # names are looked up in the registries at build time
+            need(isinstance(getattr(self, part), str) and getattr(self, part),
+                 f"{part} must be a registered name, got {getattr(self, part)!r}")
+        need(self.neck is None or (isinstance(self.neck, str) and self.neck),
+             f"neck must be None or a registered name, got {self.neck!r}")
         if self.multi_level_rpn:
             levels = len(self.rpn_feature)
             need(self.anchor_strides is not None and len(self.anchor_strides) == levels,

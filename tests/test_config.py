@@ -39,8 +39,14 @@ def test_unknown_override_names_it():
 
 
 def test_bad_values_are_rejected():
-    with pytest.raises(ValueError, match="head"):
-        Config(head="fpn")
+    from lhrcnn.builders import build_default_detector
+    # part names are registry names: a misspelt one is named, with the closest, before anything is built
+    for field, value, hint in (("head", "fpn", "fpn_2fc"), ("backbone", "snet_146", "snet146"),
+                               ("neck", "fpm", "fpn"), ("rpn_head", "compresed", "compressed")):
+        with pytest.raises(ValueError, match=f"unknown {field} '{value}'; did you mean '{hint}'"):
+            build_default_detector(Config(**{field: value}))
+    with pytest.raises(ValueError, match="head must be a registered name"):
+        Config(head=None)
     with pytest.raises(ValueError, match="divisible"):
         Config(large_separable_out_channels=500)
 

@@ -61,20 +61,21 @@ def compare_with_tf1(net, detector, nms):
     features = detector.backbone(IMAGE, training=False)
     for name in ("C2", "C3", "C4", "C5"):
         assert_close(features[name], ref[name], what=name)
-    logits, deltas = detector.rpn(features)
+    logits, deltas, _ = detector.rpn.head_outputs(features)
     assert_close(logits, ref["rpn_cls_score"], what="rpn_cls_score")
     assert_close(deltas, ref["rpn_bbox_pred"], what="rpn_bbox_pred")
-    rois, _, valid = detector._proposals(features, logits, deltas, INFO, training=False)  # what call() runs
+    rois, _, valid = detector.rpn.proposals(logits, deltas, detector.rpn.anchors(features), INFO,
+                                            training_counts=False)  # what call() runs
     rois = rois.numpy()[valid.numpy()]
     assert len(ref["rois"]) > 20
     assert_close(rois, ref["rois"], what="proposals")  # same boxes, same (descending score) order
     if light:
-        assert_close(detector.roi_head.head_input(features), ref["ps_fm"], what="thin feature map")
+        assert_close(detector.roi_heads.head_input(features), ref["ps_fm"], what="thin feature map")
     else:
-        cls_map, bbox_map = detector.roi_head.head.score_maps(features["C5"])
+        cls_map, bbox_map = detector.roi_heads.box_head.score_maps(features["C5"])
         assert_close(cls_map, ref["rfcn_cls"], what="rfcn_cls")
         assert_close(bbox_map, ref["rfcn_bbox"], what="rfcn_bbox")
-    class_logits, box_deltas = detector.roi_head(features, tf.constant(ROIS))
+    class_logits, box_deltas = detector.roi_heads.predict_boxes(features, tf.constant(ROIS))
     assert_close(class_logits, ref_head["cls_score"], what="cls_score")
     assert_close(box_deltas, ref_head["bbox_fc"], what="bbox_fc")
 
@@ -199,7 +200,7 @@ def test_tables_name_exactly_the_tensors_of_reference_section_4(r101):
     assert len(shapes) == 540 and len(trainable) == 113
     assert sum(int(np.prod(s)) for s in shapes.values()) == 68_699_523
     for experiment in (PS_ALIGN, PS_POOL):
-        table = convert_tf1.detector_table(load_config(experiment))
+        table = convert_tf1.detector_table(build_detector(experiment))
         assert {e.source for e in table} == set(shapes) and len(table) == 540
         assert {e.source for e in table if e.trainable} == trainable
     # the TF1 graph of tests/tf1_original.py has the same variables, so it tests these names
@@ -213,11 +214,11 @@ def test_tables_name_exactly_the_tensors_of_reference_section_4(r101):
     reader = tf.train.load_checkpoint(prefix)
     assert reader.get_variable_to_dtype_map()["global_step"] == tf.float32 and "Variable" in saved
 
-    rfcn = convert_tf1.detector_table(load_config(RFCN))
+    rfcn = convert_tf1.detector_table(build_detector(RFCN))
     head = {e.source for e in rfcn} - {n for n in shapes if "/block" in n or "/conv1/" in n}
     assert head == {f"resnet_v1_101/{s}/{v}" for s in ("rpn_conv/3x3", "rpn_cls_score", "rpn_bbox_pred", "conv_new_1",
                                                         "rfcn_cls", "rfcn_bbox") for v in ("weights", "biases")}
-    xception = convert_tf1.detector_table(load_config(XCEPTION))
+    xception = convert_tf1.detector_table(build_detector(XCEPTION))
     dws = [e for e in xception if "/dws_conv2/" in e.source]
     assert len(dws) == 16 * 3 and all(e.trainable for e in dws)  # trainable even in the frozen block1
     assert all(e.source.startswith("resnet_v1_xception/") for e in xception)
@@ -228,13 +229,13 @@ def test_table_targets_are_structural_paths_not_generated_names():
     (detector/rpn/rpn_head_1/...); the table still finds each variable at its place."""
     first, second = build_detector(XCEPTION), build_detector(XCEPTION)
     renamed = 0
-    for entry in convert_tf1.detector_table(second.config):
+    for entry in convert_tf1.detector_table(second):
         a, b = convert_tf1.resolve(first, entry.target), convert_tf1.resolve(second, entry.target)
         assert a is not b and a.shape == b.shape and a.name.split("/")[-1] == b.name.split("/")[-1]
         renamed += a.name != b.name
     assert renamed > 0
     with pytest.raises(ValueError, match="no layer or attribute 'nope'"):
-        convert_tf1.resolve(first, "roi_head/head/nope/kernel")
+        convert_tf1.resolve(first, "roi_heads/box_head/nope/kernel")
 
 
 # ----------------------------------------------------------------------------- the original's checkpoints
@@ -252,7 +253,7 @@ def test_ps_roialign_checkpoint_reproduces_the_tf1_graph(r101, tmp_path):
     detector = load_detector(PS_ALIGN, checkpoint=str(out))
     compare_with_tf1(net, detector, nms=0.5)
 
-    from lhrcnn.evaluation.paths import resolve_checkpoint  # what scripts/test.py --checkpoint does
+    from lhrcnn.paths import resolve_checkpoint  # what scripts/test.py --checkpoint does
     assert resolve_checkpoint(str(out)) == written
 
 
@@ -332,12 +333,12 @@ def test_imagenet_resnet_v1_50_v1_format_checkpoint_gives_the_tf1_features(tmp_p
         assert os.path.isfile(prefix) and not os.path.exists(prefix + ".index")
         assert tf.train.load_checkpoint(prefix).get_variable_to_dtype_map()["global_step"] == tf.int64
         detector = build_detector(PS_ALIGN, backbone="resnet_v1_50")
-        head_before = detector.roi_head.head.fc.kernel.numpy()
+        head_before = detector.roi_heads.box_head.fc.kernel.numpy()
         report = convert_tf1.load_tf1_checkpoint(detector, prefix)
         assert report.part == "backbone" and len(report.mapped) == 5 * 53 == len(detector.backbone.variables)
         assert sorted(n for names in report.skipped.values() for n in names) == \
             ["global_step", "resnet_v1_50/logits/biases", "resnet_v1_50/logits/weights"]
-        np.testing.assert_array_equal(detector.roi_head.head.fc.kernel.numpy(), head_before)
+        np.testing.assert_array_equal(detector.roi_heads.box_head.fc.kernel.numpy(), head_before)
         backbone_features_match(net, detector)
     finally:
         net.session.close()
@@ -424,10 +425,10 @@ def test_xception_star_checkpoint_through_the_script_reproduces_the_tf1_graph(xc
 
     # A layout check that can fail: ps_fc_1 rows permuted from the (ph, pw, k) flatten order of
     # the TF1 graph to (k, ph, pw) no longer reproduce it, so no permutation is the right one.
-    fc = detector.roi_head.head.fc
+    fc = detector.roi_heads.box_head.fc
     kernel = fc.kernel.numpy()
     fc.kernel.assign(kernel.reshape(7, 7, 10, -1).transpose(2, 0, 1, 3).reshape(490, -1))
-    class_logits, _ = detector.roi_head(detector.backbone(IMAGE), tf.constant(ROIS))
+    class_logits, _ = detector.roi_heads.predict_boxes(detector.backbone(IMAGE), tf.constant(ROIS))
     error = np.max(np.abs(class_logits.numpy() - ref_head["cls_score"])) / np.max(np.abs(ref_head["cls_score"]))
     assert error > 1e-2
 

@@ -60,10 +60,10 @@ def test_parts_are_callable_alone(ps_align):
     features = ps_align.backbone(images)
     assert {k: tuple(v.shape) for k, v in features.items()} == {
         "C2": (2, 16, 24, 256), "C3": (2, 8, 12, 512), "C4": (2, 4, 6, 1024), "C5": (2, 4, 6, 2048)}
-    logits, deltas = ps_align.rpn(features)
-    assert logits.shape == (2, 4, 6, 30) and deltas.shape == (2, 4, 6, 60)
+    logits, deltas, hidden = ps_align.rpn.head_outputs(features)
+    assert logits.shape == (2, 4, 6, 30) and deltas.shape == (2, 4, 6, 60) and hidden["C4"].shape == (2, 4, 6, 512)
     rois = tf.constant([[0, 1, 2, 50, 60], [1, 10, 10, 90, 63], [1, 0, 0, 5, 5]], tf.float32)
-    class_logits, box_deltas = ps_align.roi_head(features, rois)
+    class_logits, box_deltas = ps_align.roi_heads.predict_boxes(features, rois)
     assert class_logits.shape == (3, 81) and box_deltas.shape == (3, 324)
     out = ps_align({"images": images, "image_info": tf.constant([[64, 96, 2.0, 32, 48]] * 2)})
     assert out["boxes"].shape == (2, 100, 4) and out["classes"].dtype == tf.int32

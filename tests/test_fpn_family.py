@@ -268,7 +268,7 @@ def test_multi_level_anchors_follow_the_rpn_output_order():
     detector = build_detector("experiments/lhrcnn/detnet59.fpn.synthetic")
     features = {f"P{k}": tf.zeros([1, h, w, 1]) for k, (h, w) in
                 {2: (16, 20), 3: (8, 10), 4: (4, 5), 5: (4, 5), 6: (4, 5)}.items()}
-    anchors = detector.anchors(features).numpy()
+    anchors = detector.rpn.anchors(features).numpy()
     ratios = (0.5, 1.0, 2.0)
     want = np.concatenate([grid_anchors(generate_base_anchors(s, ratios, (sc,)), h, w, s).numpy() for s, sc, (h, w) in
                            zip((4, 8, 16, 16, 16), (4, 4, 4, 8, 16), ((16, 20), (8, 10), (4, 5), (4, 5), (4, 5)))])
@@ -278,7 +278,7 @@ def test_multi_level_anchors_follow_the_rpn_output_order():
     a = anchors[start + (1 * 5 + 2) * 3 + 1]
     np.testing.assert_allclose([(a[0] + a[2]) / 2, (a[1] + a[3]) / 2, a[2] - a[0] + 1], [39.5, 23.5, 128])
     # the RPN's flattened outputs have one row per anchor, in this order
-    logits, deltas = detector.rpn({**features, **{k: tf.zeros([1] + v.shape[1:3] + [64]) for k, v in features.items()}})
+    logits, deltas, _ = detector.rpn.head_outputs({k: tf.zeros([1] + v.shape[1:3] + [64]) for k, v in features.items()})
     assert logits.shape[1] * logits.shape[3] // 2 == len(anchors) and deltas.shape[3] == 12
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import tensorflow as tf
 
 from lhrcnn.heads.compressed_rpn import CompressedRPNHead
-from lhrcnn.necks.cem import ContextEnhancement, SpatialAttention
+from lhrcnn.heads.sam import SpatialAttention
+from lhrcnn.necks.cem import ContextEnhancement
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -80,11 +81,14 @@ def test_thundernet_detector_wiring():
     c = detector.config
     assert c.num_anchors == 25 and detector.backbone.name == "snet146"
     batch = _tiny_batch(0, 128)
-    features, logits, deltas = detector.rpn_stage(detector.features(batch["images"]), training=False)
-    assert tuple(features["CEM"].shape) == (2, 8, 8, 245) and tuple(features["RPN"].shape) == (2, 8, 8, 256)
+    features = detector.features(batch["images"])
+    logits, deltas, hidden = detector.rpn.head_outputs(features, training=False)
+    assert tuple(features["CEM"].shape) == (2, 8, 8, 245) and tuple(hidden["CEM"].shape) == (2, 8, 8, 256)
     assert tuple(logits.shape) == (2, 8, 8, 50) and tuple(deltas.shape) == (2, 8, 8, 100)
-    thin = detector.roi_head.head_input(features)
-    np.testing.assert_allclose(thin.numpy(), detector.roi_head.neck.call(features).numpy(), rtol=1e-6)
+    proposals, _ = detector.rpn(features, batch["image_info"])
+    thin = detector.roi_heads.head_input(features, proposals)
+    np.testing.assert_allclose(thin.numpy(), detector.roi_heads.thin_map.call(features["CEM"], hidden["CEM"]).numpy(),
+                               rtol=1e-6)
     with tf.GradientTape(persistent=True) as tape:
         losses = detector.compute_losses(batch, training=True)
     grads = tape.gradient(losses["total"], detector.trainable_variables)
@@ -95,7 +99,7 @@ def test_thundernet_detector_wiring():
     assert all(g is not None and float(tf.reduce_sum(tf.abs(g))) > 0 for g in rcnn_only)
     out = detector({"images": batch["images"], "image_info": batch["image_info"]})
     assert tuple(out["boxes"].shape) == (2, c.test_max_detections, 4)
-    fc = detector.roi_head.head.fc
+    fc = detector.roi_heads.box_head.fc
     assert fc.kernel.shape == (245, 1024)  # 7 x 7 x 5 pooled -> one fc 1024
 
 

@@ -22,12 +22,12 @@ and by the layer names the library sets explicitly, never by Keras' generated su
 | `S/block<b>/unit_<u>/bottleneck_v1/<c>/BatchNorm/<v>` | `backbone/block<b>_unit<u>_<c>/<v>` |
 | `S/block<b>/unit_<u>/bottleneck_v1/dws_conv2/{depthwise_weights, pointwise_weights, biases}` | `backbone/block<b>_unit<u>_dws_conv2/{depthwise_kernel, pointwise_kernel, bias}` |
 | `S/rpn_conv/3x3`, `S/rpn_cls_score`, `S/rpn_bbox_pred` | `rpn/head/conv`, `rpn/head/cls`, `rpn/head/bbox` |
-| `S/conv_new_1_conv15_{w_pre, w, h_pre, h}` | `roi_head/neck/{w_pre, w, h_pre, h}` |
-| `S/ps_fc_1`, `S/cls_fc`, `S/bbox_fc` (Light-Head) | `roi_head/head/fc`, `roi_head/head/cls`, `roi_head/head/bbox` |
-| `S/conv_new_1`, `S/rfcn_cls`, `S/rfcn_bbox` (R-FCN) | `roi_head/head/conv`, `roi_head/head/cls`, `roi_head/head/bbox` |
+| `S/conv_new_1_conv15_{w_pre, w, h_pre, h}` | `roi_heads/thin_map/{w_pre, w, h_pre, h}` |
+| `S/ps_fc_1`, `S/cls_fc`, `S/bbox_fc` (Light-Head) | `roi_heads/box_head/{fc, cls, bbox}` |
+| `S/conv_new_1`, `S/rfcn_cls`, `S/rfcn_bbox` (R-FCN) | `roi_heads/box_head/{conv, cls, bbox}` |
 
 (v = beta, gamma, moving_mean, moving_variance; for the head layers `weights` -> `kernel`,
-`biases` -> `bias`.) No tensor needs a permutation: lhrcnn keeps the original's NHWC layout, HWIO
+`biases` -> `bias`.) The head rows come from the built parts' `tf1_layer_names()`. No tensor needs a permutation: lhrcnn keeps the original's NHWC layout, HWIO
 kernels, `[in, out]` fully connected weights, the RPN's (anchor, 2 | 4) channel order, the
 position-sensitive channel order `(k·G + ph)·G + pw` and the (ph, pw, k) flatten order in
 front of `ps_fc_1`, so every tensor copies unchanged (tests/test_convert_tf1.py shows that the
@@ -122,33 +122,35 @@ def backbone_table(backbone):
     return tuple(entries)
 
 
-def head_table(config):
-    """Entries of the RPN and R-CNN head of the experiment `config` (targets under `rpn/` and
-    `roi_head/`), in the backbone's TF1 scope."""
-    if config.backbone not in SCOPES:
-        raise ValueError(f"no TF1 name table for backbone {config.backbone!r}; tables exist for "
-                         f"{', '.join(sorted(SCOPES))}")
-    scope = SCOPES[config.backbone]
-    layers = [("rpn_conv/3x3", "rpn/head/conv"), ("rpn_cls_score", "rpn/head/cls"),
-              ("rpn_bbox_pred", "rpn/head/bbox")]
-    if config.head == "light_head":
-        k = config.large_separable_kernel
-        layers += [(f"conv_new_1_conv{k}_{branch}", f"roi_head/neck/{branch}") for branch in ("w_pre", "w", "h_pre", "h")]
-        layers += [("ps_fc_1", "roi_head/head/fc"), ("cls_fc", "roi_head/head/cls"), ("bbox_fc", "roi_head/head/bbox")]
-    elif config.head == "rfcn":
-        layers += [("conv_new_1", "roi_head/head/conv"), ("rfcn_cls", "roi_head/head/cls"),
-                   ("rfcn_bbox", "roi_head/head/bbox")]
-    else:
-        raise ValueError(f"no TF1 name table for head {config.head!r} (tables: 'light_head', 'rfcn')")
+def head_table(detector):
+    """Entries of the RPN head and the R-CNN stage of the built `detector` (targets under `rpn/`
+    and `roi_heads/`), in the backbone's TF1 scope. Each part names its layers' TF1 names
+    (`tf1_layer_names()`), so the table is what the builder built; a part without them, or a
+    neck, has no counterpart in the original (ValueError naming it)."""
+    backbone = detector.config.backbone
+    if backbone not in SCOPES:
+        raise ValueError(f"no TF1 name table for backbone {backbone!r}; tables exist for {', '.join(sorted(SCOPES))}")
+    if detector.neck is not None:
+        raise ValueError(f"no TF1 name table for neck {detector.config.neck!r} (the original has no neck)")
+    scope = SCOPES[backbone]
+    parts = (("rpn/head", detector.rpn.head), ("roi_heads/thin_map", detector.roi_heads.thin_map),
+             ("roi_heads/box_head", detector.roi_heads.box_head))
     entries = []
-    for source, target in layers:
-        entries += _dense(f"{scope}/{source}", target)
+    for path, part in parts:
+        if part is None:
+            continue
+        names = getattr(part, "tf1_layer_names", None)
+        if names is None:
+            raise ValueError(f"no TF1 name table for {type(part).__name__} at {path} (head {detector.config.head!r}; "
+                             "the original's parts: RPNHead, LargeSeparableConv, LightHead, RFCNHead)")
+        for attribute, source in names().items():
+            entries += _dense(f"{scope}/{source}", f"{path}/{attribute}")
     return tuple(entries)
 
 
-def detector_table(config):
-    """The whole table of the experiment `config`: backbone, RPN and R-CNN head."""
-    return backbone_table(config.backbone) + head_table(config)
+def detector_table(detector):
+    """The whole table of the built `detector`: backbone, RPN head and R-CNN stage."""
+    return backbone_table(detector.config.backbone) + head_table(detector)
 
 
 def resolve(root, path):
@@ -282,7 +284,7 @@ def plan_conversion(reader, detector, part="auto", weights="raw", checkpoint="")
     shapes = reader.get_variable_to_shape_map()
     dtypes = reader.get_variable_to_dtype_map()
     part = _choose_part(part, shapes, config)
-    full_table = detector_table(config)
+    full_table = detector_table(detector)
     table = backbone_table(config.backbone) if part == "backbone" else full_table
     targets = detector.backbone.variables if part == "backbone" else detector.variables
 

@@ -117,8 +117,8 @@ class NonLocalBlock(keras.layers.Layer):
 
 class DoubleHead(keras.layers.Layer):
     """(features dict with P-levels, rois [R, 5]) -> (class scores [R, C+1] as PROBABILITIES,
-    box deltas [R, 4·(C+1)] or [R, 4]) for inference (`outputs_probabilities`); `outputs(...)`
-    gives every head's raw outputs for the losses.
+    box deltas [R, 4·(C+1)] or [R, 4]) for inference (`roi_heads.DoubleHeadRoIHeads` post-processes
+    them as probabilities); `outputs(...)` gives every head's raw outputs for the losses.
 
     Args:
       level_strides: the pooled levels and their strides ({"P2": 4, ..., "P5": 32}).
@@ -129,9 +129,6 @@ class DoubleHead(keras.layers.Layer):
       512 / 4. conv_roi_scale: the conv-head's RoI enlargement (1.3). ext: Double-Head-Ext
       (unfocused supervision and the fused classifier).
     """
-
-    takes_feature_dict = True
-    outputs_probabilities = True
 
     def __init__(self, num_classes, level_strides, fc_channels=1024, conv_channels=1024, conv_mid_channels=256,
                  conv_blocks=4, non_local=False, non_local_channels=512, non_local_groups=4, conv_roi_scale=1.3,

@@ -93,8 +93,6 @@ class TwoFCHead(keras.layers.Layer):
     box_deltas [R, 4·num_classes] or [R, 4]). Multi-level RoIAlign 7x7, flatten, fc 1024 + ReLU,
     fc 1024 + ReLU, then the classifier (N(0, 0.01)) and the regressor (N(0, 0.001))."""
 
-    takes_feature_dict = True
-
     def __init__(self, num_classes, level_strides, fc_channels=1024, class_specific=True, output_size=7,
                  sampling_ratio=2, aligned=True, backend=None, **kwargs):
         super().__init__(**kwargs)

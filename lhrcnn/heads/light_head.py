@@ -51,6 +51,10 @@ class LightHead(keras.layers.Layer):
         out = tf.nn.bias_add(tf.matmul(x, kernel), bias)
         return out[:, :self.num_classes], out[:, self.num_classes:]
 
+    def tf1_layer_names(self):
+        """attribute -> the original's layer name (in the backbone's TF1 scope), for conversion."""
+        return {"fc": "ps_fc_1", "cls": "cls_fc", "bbox": "bbox_fc"}
+
     def get_config(self):
         return {**super().get_config(), "num_classes": self.num_classes, "group_size": self.group_size,
                 "spatial_scale": self.spatial_scale, "pooling": self.pooling,

@@ -36,6 +36,10 @@ class RFCNHead(keras.layers.Layer):
         box = tf.reduce_mean(pool(bbox_map), axis=[1, 2])
         return class_logits, tf.tile(box, [1, self.num_classes])
 
+    def tf1_layer_names(self):
+        """attribute -> the original's layer name (in the backbone's TF1 scope), for conversion."""
+        return {"conv": "conv_new_1", "cls": "rfcn_cls", "bbox": "rfcn_bbox"}
+
     def get_config(self):
         return {**super().get_config(), "num_classes": self.num_classes, "group_size": self.group_size,
                 "spatial_scale": self.spatial_scale, "channels": self.channels, "backend": self.backend}

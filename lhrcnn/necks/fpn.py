@@ -13,15 +13,7 @@ outputs and biases, no BN or activation, as in FPN.
 import tensorflow as tf
 
 from lhrcnn.keras import keras
-
-
-def _upsample_to(x, reference, factor):
-    """Nearest-neighbour upsampling of x by an integer `factor`, cropped to reference's grid
-    (a stride-2 map of an odd-sized map has one extra row or column)."""
-    if factor == 1:
-        return x
-    up = tf.repeat(tf.repeat(x, factor, axis=1), factor, axis=2)
-    return up[:, :tf.shape(reference)[1], :tf.shape(reference)[2], :]
+from lhrcnn.necks.resize import upsample_nearest_to
 
 
 class FPN(keras.layers.Layer):
@@ -66,7 +58,7 @@ class FPN(keras.layers.Layer):
             lateral = self.lateral[name](features[name])
             if top is not None:
                 factor = self.input_strides[self.names[i + 1]] // self.input_strides[name]
-                lateral = lateral + _upsample_to(top, lateral, factor)
+                lateral = lateral + upsample_nearest_to(top, lateral, factor)
             top = lateral
             outputs[f"P{name[1:]}"] = self.output_conv[name](lateral)
         if self.extra_pool_level:

@@ -50,6 +50,10 @@ class LargeSeparableConv(keras.layers.Layer):
             y = self.bn(y, training=training)
         return self.activation(y)
 
+    def tf1_layer_names(self):
+        """attribute -> the original's layer name (in the backbone's TF1 scope), for conversion."""
+        return {branch: f"{self.prefix}_conv{self.kernel_size}_{branch}" for branch in ("w_pre", "w", "h_pre", "h")}
+
     def get_config(self):
         return {**super().get_config(), "kernel_size": self.kernel_size, "mid_channels": self.mid_channels,
                 "out_channels": self.out_channels, "prefix": self.prefix,

@@ -18,6 +18,7 @@ class ExperimentConfig(Config):
     box_offset = 0.0
     box_delta_clip = math.log(1000.0 / 16)  # FPN codes clamp dw, dh before exp
 
+    neck = "fpn"
     fpn_inputs = ("C2", "C3", "C4", "C5", "C6")
     fpn_channels = 256
     rpn_feature = ("P2", "P3", "P4", "P5", "P6")
@@ -31,7 +32,6 @@ class ExperimentConfig(Config):
     test_rpn_post_nms_top_n = 1000
 
     head = "fpn_2fc"
-    head_feature = "P4"  # unused by the pyramid head (it pools from roi_levels)
     roi_levels = ("P2", "P3", "P4", "P5", "P6")
     rcnn_fc_channels = 1024
     roi_batch_size_per_image = 512

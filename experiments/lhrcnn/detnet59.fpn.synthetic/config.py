@@ -14,6 +14,7 @@ class ExperimentConfig(_Base):
     backbone = "detnet59"
     backbone_options = {"freeze_bn": False, "freeze_stem": False, "bn_momentum": 0.9, "width_divisor": 4}
     box_delta_clip = math.log(1000.0 / 16)
+    neck = "fpn"
     fpn_inputs = ("C2", "C3", "C4", "C5", "C6")
     fpn_channels = 64
     rpn_feature = ("P2", "P3", "P4", "P5", "P6")
@@ -22,7 +23,6 @@ class ExperimentConfig(_Base):
     level_anchor_scales = ((4,), (4,), (4,), (8,), (16,))  # 16, 32, 64, 128, 256 px
     anchor_ratios = (0.5, 1.0, 2.0)
     head = "fpn_2fc"
-    head_feature = "P4"
     roi_levels = ("P2", "P3", "P4", "P5", "P6")
     rcnn_fc_channels = 256
     roi_batch_size_per_image = 128

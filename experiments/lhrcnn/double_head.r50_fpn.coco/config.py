@@ -20,6 +20,7 @@ class ExperimentConfig(Config):
     box_offset = 0.0
     box_delta_clip = math.log(1000.0 / 16)  # FPN codes clamp dw, dh before exp
 
+    neck = "fpn"
     fpn_inputs = ("C2", "C3", "C4", "C5")
     fpn_channels = 256
     fpn_extra_pool_level = True  # P6 for the 512-px anchors
@@ -34,7 +35,6 @@ class ExperimentConfig(Config):
     test_rpn_post_nms_top_n = 1000
 
     head = "double_head"
-    head_feature = "P4"  # unused by the pyramid head (it pools from roi_levels)
     roi_levels = ("P2", "P3", "P4", "P5")
     rcnn_fc_channels = 1024
     double_head_conv_channels = 1024

@@ -15,6 +15,7 @@ class ExperimentConfig(_Base):
     backbone_options = {"freeze_bn": False, "freeze_stem": False, "bn_momentum": 0.9, "dilate_block4": False,
                         "width_divisor": 4}
     box_delta_clip = math.log(1000.0 / 16)
+    neck = "fpn"
     fpn_inputs = ("C2", "C3", "C4", "C5")
     fpn_channels = 64
     fpn_extra_pool_level = True
@@ -24,7 +25,6 @@ class ExperimentConfig(_Base):
     level_anchor_scales = ((4,), (4,), (4,), (4,), (4,))  # 16, 32, 64, 128, 256 px
     anchor_ratios = (0.5, 1.0, 2.0)
     head = "double_head"
-    head_feature = "P4"
     roi_levels = ("P2", "P3", "P4", "P5")
     rcnn_fc_channels = 256
     double_head_conv_channels = 256

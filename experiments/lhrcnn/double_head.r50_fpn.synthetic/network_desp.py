@@ -1,6 +1,9 @@
-"""The network of double_head.r50_fpn.coco (ResNet-50-FPN, Double-Head-Ext); the config sets the widths."""
-from lhrcnn.builders import build_fpn_detector
+"""The network of double_head.r50_fpn.coco (ResNet-50-FPN, Double-Head-Ext); config.py sets the widths.
+
+The default wiring: the parts config.py names (backbone, neck, rpn_head, head), looked up in
+lhrcnn.registry. Replace build_network to wire parts of your own."""
+from lhrcnn.builders import build_default_detector
 
 
 def build_network(config):
-    return build_fpn_detector(config)
+    return build_default_detector(config)

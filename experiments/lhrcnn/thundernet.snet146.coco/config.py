@@ -25,8 +25,11 @@ class ExperimentConfig(Config):
     box_offset = 0.0
     box_delta_clip = math.log(1000.0 / 16)
 
-    rpn_feature = "CEM"   # CEM map: stride 16, 245 channels
-    head_feature = "CEM"  # the SAM neck reads "CEM" and the RPN's feature
+    neck = "cem"          # the Context Enhancement Module adds "CEM" (stride 16, 245 channels)
+    rpn_head = "compressed"
+    head = "thundernet"   # SAM (the RPN feature reweights the CEM map) + the Light-Head subnet
+    rpn_feature = "CEM"
+    head_feature = "CEM"
     feature_stride = 16
     rpn_channels = 256
     anchor_base_size = 16

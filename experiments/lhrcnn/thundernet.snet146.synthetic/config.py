@@ -10,8 +10,11 @@ _Base = base_experiment_config(__file__, "light_head_rcnn.xception_star.syntheti
 class ExperimentConfig(_Base):
     backbone = "snet146"
     backbone_options = {"freeze_bn": False, "bn_momentum": 0.9}
-    rpn_feature = "CEM"   # the CEM map (stride 16, 245 channels) carries the RPN
-    head_feature = "CEM"  # (the SAM neck reads "CEM" and the RPN's feature itself)
+    neck = "cem"          # the Context Enhancement Module adds "CEM" (stride 16, 245 channels)
+    rpn_head = "compressed"
+    head = "thundernet"   # SAM (the RPN feature reweights the CEM map) + the Light-Head subnet
+    rpn_feature = "CEM"
+    head_feature = "CEM"
     feature_stride = 16
     rpn_channels = 256
     # 5 sizes x 5 ratios = 25 anchors (ThunderNet); sizes 16..256 px for the synthetic objects

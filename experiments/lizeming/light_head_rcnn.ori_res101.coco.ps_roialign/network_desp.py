@@ -1,19 +1,9 @@
-"""Light-Head R-CNN, ResNet-v1-101: RPN on C4, thin feature map on C5, PS-RoI-Align head."""
-from lhrcnn.backbones import build_backbone
-from lhrcnn.detector import TwoStageDetector
-from lhrcnn.heads import LightHead, RPNHead
-from lhrcnn.necks import LargeSeparableConv
+"""Light-Head R-CNN, ResNet-v1-101: RPN on C4, thin feature map on C5, PS-RoI-Align head.
+
+The default wiring: the parts config.py names (backbone, neck, rpn_head, head), looked up in
+lhrcnn.registry. Replace build_network to wire parts of your own."""
+from lhrcnn.builders import build_default_detector
 
 
 def build_network(config):
-    return TwoStageDetector(
-        config,
-        backbone=build_backbone(config.backbone, **config.backbone_options),
-        rpn_head=RPNHead(config.num_anchors, config.rpn_channels),
-        neck=LargeSeparableConv(config.large_separable_kernel, config.large_separable_mid_channels,
-                                config.large_separable_out_channels, kernel_initializer=config.head_initializer,
-                                norm=config.thin_map_norm),
-        roi_head=LightHead(config.num_classes, config.ps_group_size, 1.0 / config.feature_stride,
-                           pooling=config.roi_pooling, sampling_ratio=config.ps_sampling_ratio,
-                           fc_channels=config.rcnn_fc_channels, class_specific=config.class_specific_regression,
-                           backend=config.ops_backend, fc_initializer=config.head_initializer))
+    return build_default_detector(config)

@@ -1,13 +1,9 @@
-"""R-FCN, ResNet-v1-101: RPN on C4, position-sensitive score maps on C5, no thin feature map."""
-from lhrcnn.backbones import build_backbone
-from lhrcnn.detector import TwoStageDetector
-from lhrcnn.heads import RFCNHead, RPNHead
+"""R-FCN, ResNet-v1-101: RPN on C4, position-sensitive score maps on C5, no thin feature map.
+
+The default wiring: the parts config.py names (backbone, neck, rpn_head, head), looked up in
+lhrcnn.registry. Replace build_network to wire parts of your own."""
+from lhrcnn.builders import build_default_detector
 
 
 def build_network(config):
-    return TwoStageDetector(
-        config,
-        backbone=build_backbone(config.backbone, **config.backbone_options),
-        rpn_head=RPNHead(config.num_anchors, config.rpn_channels),
-        roi_head=RFCNHead(config.num_classes, config.ps_group_size, 1.0 / config.feature_stride,
-                          channels=config.rfcn_channels, backend=config.ops_backend))
+    return build_default_detector(config)
