@@ -1,5 +1,6 @@
 """Datasets and the input pipeline: COCO json, odgt and the synthetic generator all produce one
-record type (records.py); pipeline.py turns it into a tf.data pipeline of padded batches.
+record type (records.py); pipeline.py turns it into a tf.data pipeline of padded batches, with
+the image preprocessing of preprocess.py (which inference and serving use too).
 
 The loaders import no TensorFlow; the pipeline names are imported on first use.
 """

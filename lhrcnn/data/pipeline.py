@@ -1,5 +1,11 @@
-"""The tf.data input pipeline: records -> parallel read + decode -> resize (short side / max side)
--> random horizontal flip (training) -> mean subtraction -> pad to the size divisor -> padded batches.
+"""The tf.data input pipeline, in four stages that make_dataset composes:
+
+  select_records: the records to read (shard, training skips boxless images, box-count checks);
+  read_images: the order (shuffle, repeat, skip, optional cache) and parallel read + decode;
+  preprocess_element: resize, random horizontal flip (training), mean subtraction and padding
+    (lhrcnn.data.preprocess, which the demo and the serving signatures use too), boxes scaled,
+    flipped and padded to a fixed count;
+  batch_elements: padded batches, optionally of landscape and portrait images apart.
 
 Bad data never hangs or stops a run. Each image is read and decoded inside its own one-element
 dataset with `ignore_errors()`, followed by a one-element fallback that marks the image as failed;
@@ -11,11 +17,15 @@ under a `tf.cond` and never reach the decoder; truncated or corrupt files, and f
 after loading, make the decoder (or reader) fail and take the fallback. TensorFlow's own warning
 for those (it gives the decoder's reason but not the file) is left on.
 """
+import functools
 import logging
 import threading
 
 import numpy as np
 import tensorflow as tf
+
+from lhrcnn.data import preprocess
+from lhrcnn.data.preprocess import resized_shape, training_sizes  # noqa: F401  (names of this module too)
 
 logger = logging.getLogger(__name__)
 
@@ -84,65 +94,47 @@ class PipelineStats:
         return np.int32(status == _OK)
 
 
-def resized_shape(height, width, short_size, max_size):
-    """The original's get_hw_by_short_size: scale = short / min(h, w), lowered to max / max(h, w)
-    if the long side would exceed max; sizes round(side · scale) (half to even).
+# ----------------------------------------------------------------------------- record selection
 
-    Args: height, width: scalar int tensors; short_size, max_size: Python numbers.
-    Returns: (resized height int32, resized width int32, scale float32).
+
+def select_records(dataset, config, *, training, shard=None, stats=None):
+    """The records a pipeline reads, and their build-time counts.
+
+    Keeps every num_shards-th record from `index` (shard = (num_shards, index)); training drops
+    records without boxes (the original did). Records with more than config.max_boxes_of_image
+    boxes are counted and warned about (preprocess_element keeps the first that many).
+
+    Returns: the list of ImageRecords. Fills stats.images, skipped_without_boxes,
+      truncated_images and truncated_boxes when `stats` is given.
+    Raises: ValueError for a bad shard or when no record is left.
     """
-    h, w = tf.cast(height, tf.float64), tf.cast(width, tf.float64)
-    scale = short_size / tf.minimum(h, w)
-    scale = tf.where(scale * tf.maximum(h, w) > max_size, max_size / tf.maximum(h, w), scale)
-    return (tf.cast(tf.round(h * scale), tf.int32), tf.cast(tf.round(w * scale), tf.int32),
-            tf.cast(scale, tf.float32))
-
-
-def training_sizes(config):
-    """(short, max) training sizes: numbers, or for multi-scale training two tuples of the same
-    length (a scalar image_max_size is used with every short size)."""
-    short, longest = config.image_short_size, config.image_max_size
-    if not isinstance(short, (tuple, list)):
-        if isinstance(longest, (tuple, list)):
-            raise ValueError("config: image_max_size is a tuple but image_short_size is not")
-        return short, longest
-    short = tuple(float(v) for v in short)
-    longest = tuple(float(v) for v in longest) if isinstance(longest, (tuple, list)) else (float(longest),) * len(short)
-    if not short or len(longest) != len(short) or min(short + longest) <= 0:
-        raise ValueError(f"config: multi-scale image_short_size {config.image_short_size} needs image_max_size "
-                         f"as one number or a tuple of the same length, all positive; got {config.image_max_size}")
-    return short, longest
-
-
-def _is_supported_image(raw):
-    """True if the bytes start with a JPEG, PNG, GIF, BMP or WebP signature."""
-    # The first 12 bytes, zero-padded: substr past the end of a shorter file would raise.
-    head = tf.strings.join([tf.strings.substr(raw, 0, 12), b"\0" * 12])
-    return (tf.io.is_jpeg(raw)
-            | tf.equal(tf.strings.substr(head, 0, 8), b"\x89PNG\r\n\x1a\n")
-            | tf.equal(tf.strings.substr(head, 0, 4), b"GIF8")
-            | tf.equal(tf.strings.substr(head, 0, 2), b"BM")
-            | (tf.equal(tf.strings.substr(head, 0, 4), b"RIFF") & tf.equal(tf.strings.substr(head, 8, 4), b"WEBP")))
-
-
-def _read_and_decode(element):
-    raw = tf.io.read_file(element["path"])
-    supported = _is_supported_image(raw)
-    image = tf.cond(supported, lambda: tf.io.decode_image(raw, channels=3, expand_animations=False),
-                    lambda: tf.zeros([0, 0, 3], tf.uint8))
-    image.set_shape([None, None, 3])
-    return {**element, "image": image, "status": tf.where(supported, _OK, _NOT_AN_IMAGE)}
-
-
-def _decode_or_mark_failed(element):
-    """A one-element dataset: the decoded element, or the element marked failed (status 2)."""
-    decoded = tf.data.Dataset.from_tensors(element).map(_read_and_decode).ignore_errors(log_warning=True)
-    failed = tf.data.Dataset.from_tensors({**element, "image": tf.zeros([0, 0, 3], tf.uint8),
-                                           "status": tf.constant(_DECODE_FAILED)})
-    return decoded.concatenate(failed).take(1)
+    stats = PipelineStats() if stats is None else stats
+    records = list(dataset.records)
+    if shard is not None:
+        num_shards, index = shard
+        if not 0 <= index < num_shards:
+            raise ValueError(f"shard {shard}: need 0 <= index < num_shards")
+        records = records[index::num_shards]
+    if training:
+        stats.skipped_without_boxes = sum(len(r.boxes) == 0 for r in records)
+        records = [r for r in records if len(r.boxes)]
+    if not records:
+        raise ValueError(f"{dataset.annotation_file}: no images to read (shard {shard}, "
+                         f"{'training skips images without boxes' if training else 'empty dataset'})")
+    max_boxes = int(config.max_boxes_of_image)
+    over = [r for r in records if len(r.boxes) > max_boxes]
+    stats.images = len(records)
+    stats.truncated_images = len(over)
+    stats.truncated_boxes = sum(len(r.boxes) - max_boxes for r in over)
+    if over:
+        logger.warning("%d images have more than max_boxes_of_image = %d boxes; keeping the first %d of each "
+                       "(%d boxes dropped), e.g. %s", len(over), max_boxes, max_boxes, stats.truncated_boxes,
+                       ", ".join(r.path for r in over[:_MAX_NAMED]))
+    return records
 
 
 def _record_tensors(records):
+    """The records as constant tensors; boxes and classes of record i are rows splits[i]:splits[i + 1]."""
     lengths = np.array([len(r.boxes) for r in records], np.int64)
     splits = np.concatenate([[0], np.cumsum(lengths)])
     boxes = np.concatenate([r.boxes for r in records] + [np.zeros((0, 4), np.float32)]).astype(np.float32)
@@ -155,10 +147,182 @@ def _record_tensors(records):
             "classes": tf.constant(classes)}
 
 
+def _lookup(table, position, index):
+    """The element of record `index` at stream position `position`."""
+    start, end = table["splits"][index], table["splits"][index + 1]
+    return {"path": table["path"][index], "image_id": table["image_id"][index],
+            "height": table["height"][index], "width": table["width"][index],
+            "boxes": table["boxes"][start:end], "classes": table["classes"][start:end],
+            "position": position}
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def _read_and_decode(element):
+    raw = tf.io.read_file(element["path"])
+    supported = preprocess.is_supported_image(raw)
+    image = tf.cond(supported, lambda: preprocess.decode_image(raw), lambda: tf.zeros([0, 0, 3], tf.uint8))
+    image.set_shape([None, None, 3])
+    return {**element, "image": image, "status": tf.where(supported, _OK, _NOT_AN_IMAGE)}
+
+
+def _decode_or_mark_failed(element):
+    """A one-element dataset: the decoded element, or the element marked failed (status 2)."""
+    decoded = tf.data.Dataset.from_tensors(element).map(_read_and_decode).ignore_errors(log_warning=True)
+    failed = tf.data.Dataset.from_tensors({**element, "image": tf.zeros([0, 0, 3], tf.uint8),
+                                           "status": tf.constant(_DECODE_FAILED)})
+    return decoded.concatenate(failed).take(1)
+
+
+def _report(stats, element):
+    """Marks the element to keep (decoded) or drop; failures and size mismatches go to `stats`."""
+    shape = tf.shape(element["image"])
+    mismatch = tf.logical_and(tf.equal(element["status"], _OK), tf.logical_or(
+        tf.not_equal(shape[0], element["height"]), tf.not_equal(shape[1], element["width"])))
+    keep = tf.cond(
+        tf.logical_or(tf.not_equal(element["status"], _OK), mismatch),
+        lambda: tf.py_function(stats._report, [element["path"], element["image_id"], element["status"],
+                                               element["height"], element["width"], shape[0], shape[1]],
+                               tf.int32),
+        lambda: tf.constant(1, tf.int32))
+    return {**element, "keep": tf.reshape(tf.cast(keep, tf.bool), [])}
+
+
+def _decode(indices, table, stats, num_parallel_calls):
+    """(position, record index) pairs -> decoded elements, in order; failed images dropped."""
+    return (indices.map(functools.partial(_lookup, table))
+            .interleave(_decode_or_mark_failed, cycle_length=num_parallel_calls, block_length=1,
+                        num_parallel_calls=num_parallel_calls, deterministic=True)
+            .map(functools.partial(_report, stats))
+            .filter(lambda element: element["keep"]))
+
+
+def read_images(records, *, shuffle, repeat, seed, skip=0, cache=False, stats=None,
+                num_parallel_calls=tf.data.AUTOTUNE):
+    """The stream of decoded images of `records`.
+
+    Args:
+      records: ImageRecords (select_records).
+      shuffle: shuffle over all records, reshuffled every pass (with `seed`).
+      repeat: repeat forever.
+      seed: the shuffle's seed.
+      skip: start this many images into the (shuffled, repeated) stream.
+      cache: decode every image once (in record order) and keep the decoded images in memory;
+        shuffling, repeating and skipping then run over the decoded images.
+      stats: the PipelineStats that failures and size mismatches are reported to.
+      num_parallel_calls: parallelism of reading and decoding.
+    Returns:
+      tf.data.Dataset of dicts: path, image_id, height, width (the record's), boxes [n, 4],
+      classes [n], image [H, W, 3] uint8, status, keep, and position (int64, the image's place
+      in the stream, counted from its start before `skip`: it seeds the per-image randomness).
+    """
+    stats = PipelineStats() if stats is None else stats
+    table = _record_tensors(records)
+    if cache:
+        # Decode every image once (in record order; failures warned once), keep the decoded
+        # uint8 images in memory, then shuffle, repeat and number the decoded elements: the
+        # stream is that of the uncached pipeline over the readable images.
+        data = _decode(tf.data.Dataset.range(len(records)).map(lambda i: (i, i)), table, stats,
+                       num_parallel_calls).cache()
+        if shuffle:
+            data = data.shuffle(len(records), seed=seed, reshuffle_each_iteration=True)
+        if repeat:
+            data = data.repeat()
+        return data.enumerate().skip(skip).map(lambda position, element: {**element, "position": position})
+    indices = tf.data.Dataset.range(len(records))
+    if shuffle:
+        indices = indices.shuffle(len(records), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        indices = indices.repeat()
+    return _decode(indices.enumerate().skip(skip), table, stats, num_parallel_calls)
+
+
+# ----------------------------------------------------------------------------- preprocessing
+
+
+def _stream_seed(seed, offset, position):
+    """The stateless seed of one per-image random draw: (seed + offset, position)."""
+    return tf.stack([tf.constant(seed, tf.int64) + offset, position])
+
+
+def _flipped_boxes(boxes, width, offset):
+    """Boxes (x1, y1, x2, y2) of an image `width` pixels wide after a left-right flip:
+    x1' = width - x2 - offset, x2' = width - x1 - offset."""
+    return tf.stack([width - boxes[:, 2] - offset, boxes[:, 1], width - boxes[:, 0] - offset, boxes[:, 3]], axis=1)
+
+
+def _padded_rows(tensor, count):
+    """The first `count` rows of `tensor`, zero-padded to exactly `count` rows."""
+    tensor = tensor[:count]
+    paddings = [[0, count - tf.shape(tensor)[0]]] + [[0, 0]] * (tensor.shape.rank - 1)
+    return tf.ensure_shape(tf.pad(tensor, paddings), [count] + tensor.shape[1:].as_list())
+
+
+def preprocess_element(element, *, short_size, max_size, image_mean, size_divisor, max_boxes, box_offset=0.0,
+                       random_flip=False, seed=0):
+    """One decoded element as a detector input (lhrcnn.data.preprocess.preprocess).
+
+    Args:
+      element: a read_images element (image, boxes, classes, image_id, position).
+      short_size, max_size: numbers, or two tuples of the same length (multi-scale): then each
+        image draws one of the pairs.
+      image_mean (BGR), size_divisor: as in the config.
+      max_boxes: boxes (and classes) are cut or zero-padded to this many rows.
+      box_offset: the flip's box convention (1: the original's -1).
+      random_flip: flip each image left-right (image and boxes) with p = 0.5.
+      seed: an int that, with the element's position, seeds its random draws: the flip from
+        the stateless seed (seed, position), the multi-scale pair from (seed + 1, position).
+    Returns:
+      dict: images [H', W', 3] float32, image_info [5] float32, gt_boxes [max_boxes, 4] float32
+      (resized pixels), gt_classes [max_boxes] int32, image_id int64.
+    """
+    if isinstance(short_size, tuple):  # multi-scale: one size per image, reproducible
+        pick = tf.random.stateless_uniform([], seed=_stream_seed(seed, 1, element["position"]),
+                                           maxval=len(short_size), dtype=tf.int32)
+        short_size = tf.gather(tf.constant(short_size, tf.float64), pick)
+        max_size = tf.gather(tf.constant(max_size, tf.float64), pick)
+    flip = None
+    if random_flip:
+        flip = tf.random.stateless_uniform([], seed=_stream_seed(seed, 0, element["position"])) < 0.5
+    images, info = preprocess.preprocess(element["image"], short_size, max_size, image_mean, size_divisor, flip=flip)
+    boxes = element["boxes"] * info[2]
+    if flip is not None:
+        boxes = tf.where(flip, _flipped_boxes(boxes, info[1], float(box_offset)), boxes)
+    return {"images": images, "image_info": info,
+            "gt_boxes": _padded_rows(boxes, max_boxes), "gt_classes": _padded_rows(element["classes"], max_boxes),
+            "image_id": element["image_id"]}
+
+
+# ----------------------------------------------------------------------------- batching
+
+
+def _is_landscape(element):
+    shape = tf.shape(element["images"])
+    return tf.cast(shape[1] >= shape[0], tf.int64)
+
+
+def batch_elements(data, batch_size, *, drop_remainder, group_by_aspect_ratio=False):
+    """Padded batches of preprocessed elements: each batch is zero-padded to its largest image
+    (still a multiple of the size divisor). With group_by_aspect_ratio, landscape (w >= h) and
+    portrait images are batched apart, so that a batch pads less (a mixed batch of 320x480 and
+    480x320 images would compute on 480x480); a batch is then the next `batch_size` images of
+    its kind."""
+    if group_by_aspect_ratio:
+        return data.group_by_window(
+            _is_landscape, lambda key, window: window.padded_batch(batch_size, drop_remainder=drop_remainder),
+            window_size=batch_size)
+    return data.padded_batch(batch_size, drop_remainder=drop_remainder)
+
+
+# ----------------------------------------------------------------------------- the pipeline
+
+
 def make_dataset(dataset, config, *, training, batch_size, shuffle=None, seed=None, repeat=None,
                  num_parallel_calls=tf.data.AUTOTUNE, shard=None, stats=None, drop_remainder=None,
                  cache=None, group_by_aspect_ratio=None, skip=0):
-    """The input pipeline of a DetectionDataset.
+    """The input pipeline of a DetectionDataset: select_records, read_images, preprocess_element
+    and batch_elements.
 
     Training uses config.image_short_size / image_max_size and flips each image with p = 0.5
     (multi-scale training: with a tuple of short sizes, each image draws one of them, paired with
@@ -214,127 +378,16 @@ def make_dataset(dataset, config, *, training, batch_size, shuffle=None, seed=No
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if skip < 0:
         raise ValueError(f"skip must be >= 0, got {skip}")
-    skip = int(skip)
-    records = list(dataset.records)
-    if shard is not None:
-        num_shards, index = shard
-        if not 0 <= index < num_shards:
-            raise ValueError(f"shard {shard}: need 0 <= index < num_shards")
-        records = records[index::num_shards]
-    if training:
-        stats.skipped_without_boxes = sum(len(r.boxes) == 0 for r in records)
-        records = [r for r in records if len(r.boxes)]
-    if not records:
-        raise ValueError(f"{dataset.annotation_file}: no images to read (shard {shard}, "
-                         f"{'training skips images without boxes' if training else 'empty dataset'})")
-    max_boxes = int(config.max_boxes_of_image)
-    over = [r for r in records if len(r.boxes) > max_boxes]
-    stats.images = len(records)
-    stats.truncated_images = len(over)
-    stats.truncated_boxes = sum(len(r.boxes) - max_boxes for r in over)
-    if over:
-        logger.warning("%d images have more than max_boxes_of_image = %d boxes; keeping the first %d of each "
-                       "(%d boxes dropped), e.g. %s", len(over), max_boxes, max_boxes, stats.truncated_boxes,
-                       ", ".join(r.path for r in over[:_MAX_NAMED]))
+    records = select_records(dataset, config, training=training, shard=shard, stats=stats)
     if seed is None:
         seed = int(np.random.SeedSequence().generate_state(1)[0] >> 1)
-    if training:
-        short_size, max_size = training_sizes(config)
-    else:
-        short_size, max_size = config.eval_image_short_size, config.eval_image_max_size
-    divisor = int(config.size_divisor)
-    offset = float(config.box_offset)
-    mean_rgb = tf.constant(np.asarray(config.image_mean, np.float32)[::-1].copy())
-    table = _record_tensors(records)
-
-    def lookup(position, index):
-        start, end = table["splits"][index], table["splits"][index + 1]
-        return {"path": table["path"][index], "image_id": table["image_id"][index],
-                "height": table["height"][index], "width": table["width"][index],
-                "boxes": table["boxes"][start:end], "classes": table["classes"][start:end],
-                "position": position}
-
-    def report(element):
-        shape = tf.shape(element["image"])
-        mismatch = tf.logical_and(tf.equal(element["status"], _OK), tf.logical_or(
-            tf.not_equal(shape[0], element["height"]), tf.not_equal(shape[1], element["width"])))
-        keep = tf.cond(
-            tf.logical_or(tf.not_equal(element["status"], _OK), mismatch),
-            lambda: tf.py_function(stats._report, [element["path"], element["image_id"], element["status"],
-                                                   element["height"], element["width"], shape[0], shape[1]],
-                                   tf.int32),
-            lambda: tf.constant(1, tf.int32))
-        return {**element, "keep": tf.reshape(tf.cast(keep, tf.bool), [])}
-
-    def preprocess(element):
-        image = element["image"]
-        height, width = tf.shape(image)[0], tf.shape(image)[1]
-        if isinstance(short_size, tuple):  # multi-scale training: one size per image, reproducible
-            pick = tf.random.stateless_uniform([], seed=tf.stack([tf.constant(seed, tf.int64) + 1, element["position"]]),
-                                               maxval=len(short_size), dtype=tf.int32)
-            new_h, new_w, scale = resized_shape(height, width, tf.gather(tf.constant(short_size, tf.float64), pick),
-                                                tf.gather(tf.constant(max_size, tf.float64), pick))
-        else:
-            new_h, new_w, scale = resized_shape(height, width, short_size, max_size)
-        image = tf.image.resize(image, tf.stack([new_h, new_w]), method="bilinear")
-        boxes = element["boxes"] * scale
-        if training:
-            flip = tf.random.stateless_uniform(
-                [], seed=tf.stack([tf.constant(seed, tf.int64), element["position"]])) < 0.5
-            image = tf.cond(flip, lambda: tf.image.flip_left_right(image), lambda: image)
-            w = tf.cast(new_w, tf.float32)
-            flipped = tf.stack([w - boxes[:, 2] - offset, boxes[:, 1], w - boxes[:, 0] - offset, boxes[:, 3]], axis=1)
-            boxes = tf.where(flip, flipped, boxes)
-        image = image - mean_rgb
-        padded_h = (new_h + divisor - 1) // divisor * divisor
-        padded_w = (new_w + divisor - 1) // divisor * divisor
-        image = tf.pad(image, [[0, padded_h - new_h], [0, padded_w - new_w], [0, 0]])
-        image.set_shape([None, None, 3])
-        boxes, classes = boxes[:max_boxes], element["classes"][:max_boxes]
-        pad = max_boxes - tf.shape(boxes)[0]
-        return {"images": image,
-                "image_info": tf.stack([tf.cast(new_h, tf.float32), tf.cast(new_w, tf.float32), scale,
-                                        tf.cast(height, tf.float32), tf.cast(width, tf.float32)]),
-                "gt_boxes": tf.ensure_shape(tf.pad(boxes, [[0, pad], [0, 0]]), [max_boxes, 4]),
-                "gt_classes": tf.ensure_shape(tf.pad(classes, [[0, pad]]), [max_boxes]),
-                "image_id": element["image_id"]}
-
-    cycle = num_parallel_calls if num_parallel_calls != tf.data.AUTOTUNE else tf.data.AUTOTUNE
-
-    def decode(indices):
-        return (indices.map(lookup)
-                .interleave(_decode_or_mark_failed, cycle_length=cycle, block_length=1,
-                            num_parallel_calls=num_parallel_calls, deterministic=True)
-                .map(report)
-                .filter(lambda element: element["keep"]))
-
-    if cache:
-        # Decode every image once (in record order; failures warned once), keep the decoded
-        # uint8 images in memory, then shuffle, repeat and number the decoded elements: the
-        # batches are those of the uncached pipeline over the readable images.
-        data = decode(tf.data.Dataset.range(len(records)).map(lambda i: (i, i))).cache()
-        if shuffle:
-            data = data.shuffle(len(records), seed=seed, reshuffle_each_iteration=True)
-        if repeat:
-            data = data.repeat()
-        data = data.enumerate().skip(skip).map(lambda position, element: {**element, "position": position})
-    else:
-        indices = tf.data.Dataset.range(len(records))
-        if shuffle:
-            indices = indices.shuffle(len(records), seed=seed, reshuffle_each_iteration=True)
-        if repeat:
-            indices = indices.repeat()
-        data = decode(indices.enumerate().skip(skip))
-    data = data.map(preprocess, num_parallel_calls=num_parallel_calls, deterministic=True)
-    if group_by_aspect_ratio:
-        # Landscape and portrait images batched apart: a batch pads to its largest height and
-        # width, so a mixed batch of 320x480 and 480x320 images would compute on 480x480.
-        def landscape(element):
-            shape = tf.shape(element["images"])
-            return tf.cast(shape[1] >= shape[0], tf.int64)
-        data = data.group_by_window(
-            landscape, lambda key, window: window.padded_batch(batch_size, drop_remainder=drop_remainder),
-            window_size=batch_size)
-    else:
-        data = data.padded_batch(batch_size, drop_remainder=drop_remainder)
+    short_size, max_size = training_sizes(config) if training else preprocess.eval_sizes(config)
+    data = read_images(records, shuffle=shuffle, repeat=repeat, seed=seed, skip=int(skip), cache=cache, stats=stats,
+                       num_parallel_calls=num_parallel_calls)
+    data = data.map(functools.partial(
+        preprocess_element, short_size=short_size, max_size=max_size, image_mean=config.image_mean,
+        size_divisor=int(config.size_divisor), max_boxes=int(config.max_boxes_of_image),
+        box_offset=float(config.box_offset), random_flip=training, seed=seed),
+        num_parallel_calls=num_parallel_calls, deterministic=True)
+    data = batch_elements(data, batch_size, drop_remainder=drop_remainder, group_by_aspect_ratio=group_by_aspect_ratio)
     return data.prefetch(tf.data.AUTOTUNE)

@@ -2,16 +2,17 @@
 encoded image bytes (the eval pipeline's resize, mean subtraction and padding), input checks that
 fail with InvalidArgument naming the input, and outputs under the TF Object Detection API's names.
 
-Preprocessing is that of `lhrcnn.data.pipeline.make_dataset(training=False)` and of
-`lhrcnn.evaluation.preprocess.preprocess_image`: resize (bilinear) so the short side is
-eval_image_short_size and the long side at most eval_image_max_size, RGB minus the BGR-listed
-image_mean reversed, zero padding at the bottom/right to multiples of size_divisor, and a batch
-padded to its largest image, with image_info = (resized h, resized w, scale, original h, w).
+Preprocessing is lhrcnn.data.preprocess.preprocess_for_eval, the one that
+`lhrcnn.data.pipeline.make_dataset(training=False)` and `lhrcnn.evaluation.preprocess.preprocess_image`
+apply: resize (bilinear) so the short side is eval_image_short_size and the long side at most
+eval_image_max_size, RGB minus the BGR-listed image_mean reversed, zero padding at the
+bottom/right to multiples of size_divisor, and a batch padded to its largest image, with
+image_info = (resized h, resized w, scale, original h, w).
 """
 import numpy as np
 import tensorflow as tf
 
-from lhrcnn.data.pipeline import resized_shape
+from lhrcnn.data import preprocess
 
 DEFAULT_SIGNATURE = "serving_default"
 BYTES_SIGNATURE = "serve_bytes"
@@ -81,34 +82,7 @@ def check_image_bytes(image_bytes, signature=BYTES_SIGNATURE):
     return _checked(image_bytes, dims, asserts, [None])
 
 
-def is_supported_image(raw):
-    """Scalar bool: `raw` starts with a JPEG, PNG, GIF, BMP or WebP signature (what
-    tf.io.decode_image reads)."""
-    head = tf.strings.substr(tf.strings.join([raw, b"\0" * 12]), 0, 12)  # 12 bytes even for a short string
-    return (tf.io.is_jpeg(raw)
-            | tf.equal(tf.strings.substr(head, 0, 8), b"\x89PNG\r\n\x1a\n")
-            | tf.equal(tf.strings.substr(head, 0, 4), b"GIF8")
-            | tf.equal(tf.strings.substr(head, 0, 2), b"BM")
-            | (tf.equal(tf.strings.substr(head, 0, 4), b"RIFF") & tf.equal(tf.strings.substr(head, 8, 4), b"WEBP")))
-
-
 # ----------------------------------------------------------------------------- preprocessing
-
-
-def _padded(size, divisor):
-    return (size + divisor - 1) // divisor * divisor
-
-
-def _resize_and_normalise(images, height, width, config):
-    """[..., H, W, 3] (uint8 or float) -> (resized float32 minus the mean, new h, new w, image_info [5])."""
-    new_h, new_w, scale = resized_shape(height, width, config.eval_image_short_size, config.eval_image_max_size)
-    # An extreme aspect ratio can round a side to 0 pixels; keep one (the pipeline never meets such images).
-    new_h, new_w = tf.maximum(new_h, 1), tf.maximum(new_w, 1)
-    resized = tf.image.resize(images, tf.stack([new_h, new_w]), method="bilinear")
-    resized -= tf.constant(np.asarray(config.image_mean, np.float32)[::-1].copy())
-    info = tf.stack([tf.cast(new_h, tf.float32), tf.cast(new_w, tf.float32), scale,
-                     tf.cast(height, tf.float32), tf.cast(width, tf.float32)])
-    return resized, new_h, new_w, info
 
 
 def preprocess_images(images, config):
@@ -121,11 +95,7 @@ def preprocess_images(images, config):
     Returns:
       images [N, H', W', 3] float32 (H', W' multiples of size_divisor), image_info [N, 5] float32.
     """
-    shape = tf.shape(images)
-    resized, new_h, new_w, info = _resize_and_normalise(images, shape[1], shape[2], config)
-    d = int(config.size_divisor)
-    padded = tf.pad(resized, [[0, 0], [0, _padded(new_h, d) - new_h], [0, _padded(new_w, d) - new_w], [0, 0]])
-    return padded, tf.tile(info[None], [shape[0], 1])
+    return preprocess.preprocess_for_eval(images, config)
 
 
 def preprocess_encoded(image_bytes, config, signature=BYTES_SIGNATURE):
@@ -149,23 +119,20 @@ def preprocess_encoded(image_bytes, config, signature=BYTES_SIGNATURE):
     def decode(i, images, infos):
         raw = image_bytes[i]
         check = tf.debugging.Assert(
-            is_supported_image(raw),
+            preprocess.is_supported_image(raw),
             [f"{where}: element", i, "is not a JPEG or PNG image (nor GIF, BMP or WebP); its size in bytes:",
              tf.strings.length(raw)])
         with tf.control_dependencies([check]):
-            image = tf.io.decode_image(raw, channels=3, expand_animations=False)
-        image = tf.ensure_shape(image, [None, None, 3])
-        shape = tf.shape(image)
-        resized, new_h, new_w, info = _resize_and_normalise(image, shape[0], shape[1], config)
-        padded = tf.pad(resized, [[0, _padded(new_h, d) - new_h], [0, _padded(new_w, d) - new_w], [0, 0]])
+            image = preprocess.decode_image(raw)
+        padded, info = preprocess.preprocess_for_eval(image, config)
         return i + 1, images.write(i, padded), infos.write(i, info)
 
     images = tf.TensorArray(tf.float32, size=n, infer_shape=False, element_shape=tf.TensorShape([None, None, 3]))
     infos = tf.TensorArray(tf.float32, size=n, element_shape=tf.TensorShape([5]))
     _, images, infos = tf.while_loop(lambda i, *_: i < n, decode, (tf.constant(0), images, infos))
     image_info = infos.stack()
-    max_h = tf.reduce_max(_padded(tf.cast(image_info[:, 0], tf.int32), d))
-    max_w = tf.reduce_max(_padded(tf.cast(image_info[:, 1], tf.int32), d))
+    max_h = tf.reduce_max(preprocess.padded_size(tf.cast(image_info[:, 0], tf.int32), d))
+    max_w = tf.reduce_max(preprocess.padded_size(tf.cast(image_info[:, 1], tf.int32), d))
 
     def pad(i, batch):
         image = images.read(i)
