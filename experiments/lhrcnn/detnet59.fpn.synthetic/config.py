@@ -1,19 +1,16 @@
 """DetNet-59 + FPN on the embedded synthetic dataset: the data, schedule and optimiser of
-experiments/lhrcnn/light_head_rcnn.xception_star.synthetic with the detector of
+synthetic.base with the detector of
 detnet59.fpn.coco at a quarter of its widths (backbone `width_divisor` 4, FPN 64 channels, fc
 256: the same topology, 16x fewer multiply-adds, so that it trains from scratch on a 2-core CPU in
 minutes). Anchors 16..256 px for the synthetic objects (12 px to half an image)."""
-import math
-
 from lhrcnn.config import base_experiment_config
 
-_Base = base_experiment_config(__file__, "light_head_rcnn.xception_star.synthetic")
+_Base = base_experiment_config(__file__, "synthetic.base")
 
 
 class ExperimentConfig(_Base):
     backbone = "detnet59"
     backbone_options = {"freeze_bn": False, "freeze_stem": False, "bn_momentum": 0.9, "width_divisor": 4}
-    box_delta_clip = math.log(1000.0 / 16)
     neck = "fpn"
     fpn_inputs = ("C2", "C3", "C4", "C5", "C6")
     fpn_channels = 64
@@ -27,4 +24,3 @@ class ExperimentConfig(_Base):
     rcnn_fc_channels = 256
     roi_batch_size_per_image = 128
     ohem_top_k = 0
-    thin_map_norm = None

@@ -1,20 +1,17 @@
 """Double-Head-Ext R-CNN on ResNet-50-FPN on the embedded synthetic dataset: the data, schedule
-and optimiser of experiments/lhrcnn/light_head_rcnn.xception_star.synthetic with the
+and optimiser of synthetic.base with the
 detector of double_head.r50_fpn.coco at a quarter of its widths (backbone `width_divisor` 4,
 FPN 64 channels, fc-head 256, conv-head 256 / 64 with 2 bottlenecks and non-local blocks): the
 same topology at 1/16 of the multiply-adds, to train from scratch on a 2-core CPU in minutes."""
-import math
-
 from lhrcnn.config import base_experiment_config
 
-_Base = base_experiment_config(__file__, "light_head_rcnn.xception_star.synthetic")
+_Base = base_experiment_config(__file__, "synthetic.base")
 
 
 class ExperimentConfig(_Base):
     backbone = "resnet_v1_50"
     backbone_options = {"freeze_bn": False, "freeze_stem": False, "bn_momentum": 0.9, "dilate_block4": False,
                         "width_divisor": 4}
-    box_delta_clip = math.log(1000.0 / 16)
     neck = "fpn"
     fpn_inputs = ("C2", "C3", "C4", "C5")
     fpn_channels = 64
@@ -35,4 +32,3 @@ class ExperimentConfig(_Base):
     double_head_loss_weights = (0.5, 2.0, 1.4, 0.6)
     roi_batch_size_per_image = 128
     ohem_top_k = 0
-    thin_map_norm = None
