@@ -1,7 +1,6 @@
 """The base experiment configuration. An experiment's `config.py` subclasses `Config` and sets
 only what differs; a field the base does not define (a misspelling, a removed option) is an
-error naming it. Defaults are the original's ps_roialign experiment (shared/reference
-light_head_rcnn_original.md §2), so ported experiments stay short.
+error naming it. Defaults are the original's ps_roialign experiment (docs/original.md#config), so ported experiments stay short.
 """
 import difflib
 import getpass
@@ -153,7 +152,7 @@ class Config:
     ema_decay = 0.0                 # > 0 keeps an exponential moving average of the weights
     precise_bn_batches = 0          # > 0: recompute trained BNs' statistics over this many batches at the end
     gradient_clip_norm = None       # clip the global gradient norm (None: the original, no clipping)
-    # tf.distribute / speed options (issue #7)
+    # tf.distribute / speed options
     sync_batch_norm = False         # trained BNs use the global batch's statistics (all replicas)
     mixed_precision = None          # None | "mixed_float16" (GPU; dynamic loss scaling) | "mixed_bfloat16":
                                     # the backbone computes in half precision, heads and losses in float32

@@ -1,4 +1,4 @@
-"""Detection losses of the original (reference §6.6): smooth L1, the RPN losses and the R-CNN
+"""Detection losses of the original (docs/original.md#losses, #ohem): smooth L1, the RPN losses and the R-CNN
 losses with online hard example mining (`sum_ohem_loss`), plus plain R-CNN losses for sampled RoIs.
 
 All take fixed-shape inputs with validity masks (XLA-clean) and compute in float32.
@@ -133,7 +133,7 @@ def rcnn_losses(class_logits, box_deltas, labels, box_targets, valid, box_loss_w
 
 def double_head_losses(outputs, labels, box_targets, valid, weights=(0.5, 2.0, 1.4, 0.6), sigma=1.0,
                        class_specific=True, image_index=None, num_images=None):
-    """Double-Head R-CNN's R-CNN losses (shared/reference/seed_models.md §3.5) over sampled RoIs.
+    """Double-Head R-CNN's R-CNN losses (docs/models.md#double-head-losses) over sampled RoIs.
 
     Args:
       outputs: `DoubleHead.outputs(...)`: "fc_cls", "conv_reg" and, for Double-Head-Ext,

@@ -45,3 +45,42 @@ def test_legacy_view_has_the_earlier_checkpoint_keys_and_loads_them(experiment, 
     want, got = source({"images": image, "image_info": info}), loaded({"images": image, "image_info": info})
     for key in want:
         np.testing.assert_array_equal(want[key].numpy(), got[key].numpy(), err_msg=key)
+
+
+def test_training_resumes_from_a_checkpoint_of_the_earlier_layout(tmp_path):
+    """A run's model_dump/ written in the earlier layout: the model, the optimizer's step and its
+    slots come back (TrainingCheckpoints.restore_latest), and so does --init_checkpoint."""
+    from lhrcnn.keras import keras
+    from lhrcnn.train.checkpoints import TrainingCheckpoints, initialize_from
+    directory = os.path.join(ROOT, "experiments/lhrcnn/thundernet.snet146.synthetic")
+    tf.keras.utils.set_random_seed(5)
+    source = build_detector(directory, ops_backend="tf")
+    optimizer = keras.optimizers.Adam(1e-3)
+    variables = source.trainable_variables
+    for _ in range(2):
+        optimizer.apply_gradients(zip([tf.ones_like(v) for v in variables], variables))
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=legacy_view(source), optimizer=optimizer),
+                                         str(tmp_path / "model_dump"), max_to_keep=1)
+    manager.save(checkpoint_number=2)
+
+    tf.keras.utils.set_random_seed(6)
+    target = build_detector(directory, ops_backend="tf")
+    resumed_optimizer = keras.optimizers.Adam(1e-3)
+    checkpoints = TrainingCheckpoints(str(tmp_path / "model_dump"), model=target, optimizer=resumed_optimizer)
+    assert checkpoints.restore_latest() is not None
+    assert int(resumed_optimizer.iterations.numpy()) == 2
+    saved = [v.numpy() for v in source.variables]
+    for a, b in zip(saved, target.variables):
+        np.testing.assert_array_equal(a, b.numpy(), err_msg=b.name)
+    # the Adam moments follow the restored model variables: one more equal step gives equal weights
+    grads = [tf.ones_like(v) for v in variables]
+    optimizer.apply_gradients(zip(grads, variables))
+    resumed_optimizer.apply_gradients(zip(grads, target.trainable_variables))
+    for a, b in zip(source.trainable_variables, target.trainable_variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6, atol=1e-7, err_msg=a.name)
+
+    tf.keras.utils.set_random_seed(7)
+    initialised = build_detector(directory, ops_backend="tf")
+    initialize_from(initialised, str(tmp_path / "model_dump"))
+    for a, b in zip(saved, initialised.variables):
+        np.testing.assert_array_equal(a, b.numpy(), err_msg=b.name)

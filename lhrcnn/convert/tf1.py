@@ -1,5 +1,5 @@
-"""TF1 checkpoints -> the detector's variables, through explicit name tables (DESIGN §3.6;
-reference light_head_rcnn_original.md §3.8, §4).
+"""TF1 checkpoints -> the detector's variables, through explicit name tables
+(docs/original.md#checkpoints, #name-table, #xception-backbone).
 
 Sources this reads (`tf.train.load_checkpoint`, TF V2 `.index`/`.data` or the old V1 single file):
   - the original's `epoch_k.ckpt` of light_head_rcnn.ori_res101.coco[.ps_roialign] (540 model
@@ -53,7 +53,7 @@ from lhrcnn.keras import keras
 # (the original's head code re-opens the backbone's scope).
 SCOPES = {"resnet_v1_50": "resnet_v1_50", "resnet_v1_101": "resnet_v1_101",
           "xception_star": "resnet_v1_xception"}
-# TF1 architecture (reference §4.1, §3.8): units per block. Every block's unit_1 changes the depth,
+# TF1 architecture (docs/original.md#model-variables, #xception-backbone): units per block. Every block's unit_1 changes the depth,
 # so it (and only it) has a `shortcut` convolution.
 RESNET_UNITS = {"resnet_v1_50": (3, 4, 6, 3), "resnet_v1_101": (3, 4, 23, 3)}
 XCEPTION_UNITS = (4, 8, 4)

@@ -1,4 +1,4 @@
-"""ThunderNet's compressed RPN (shared/reference/seed_models.md §2.4): 5x5 depthwise conv + BN +
+"""ThunderNet's compressed RPN (docs/models.md#compressed-rpn): 5x5 depthwise conv + BN +
 ReLU, 1x1 conv 256 + BN + ReLU (the RPN feature SAM uses), then 1x1 objectness and deltas."""
 from lhrcnn.keras import keras
 

@@ -1,4 +1,4 @@
-"""Double-Head R-CNN (Wu et al., CVPR 2020; shared/reference/seed_models.md §3): an fc-head
+"""Double-Head R-CNN (Wu et al., CVPR 2020; docs/models.md#double-head-r-cnn): an fc-head
 classifies, a conv-head regresses, on a feature pyramid.
 
 * fc-head: RoIAlign 7x7 of the proposal -> flatten -> fc 1024 + ReLU -> fc 1024 + ReLU -> cls

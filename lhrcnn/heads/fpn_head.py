@@ -1,5 +1,5 @@
 """R-CNN subnets on a feature pyramid: multi-level RoIAlign (the FPN level rule) and the 2-fc
-box head of FPN and DetNet (shared/reference/seed_models.md §1.3, §3.3)."""
+box head of FPN and DetNet (docs/models.md#detnet-59-fpn, #fc-head)."""
 import math
 
 import tensorflow as tf

@@ -1,4 +1,4 @@
-"""Light-Head R-CNN's R-CNN subnet (reference §3.4): position-sensitive RoI pooling of the thin
+"""Light-Head R-CNN's R-CNN subnet (docs/original.md#light-head): position-sensitive RoI pooling of the thin
 feature map, one fully connected layer, then classification and box regression."""
 import tensorflow as tf
 

@@ -1,4 +1,4 @@
-"""The R-FCN baseline head of the original (reference §3.7): a 1x1 conv, position-sensitive score
+"""The R-FCN baseline head of the original (docs/original.md#r-fcn-head): a 1x1 conv, position-sensitive score
 and box maps, PS-RoI pooling and a vote (mean over the G x G bins)."""
 import tensorflow as tf
 

@@ -1,4 +1,4 @@
-"""The region proposal network head (reference §3.2): 3x3 conv + ReLU, then 1x1 convs for the
+"""The region proposal network head (docs/original.md#rpn-head): 3x3 conv + ReLU, then 1x1 convs for the
 objectness logits and the box deltas of every anchor."""
 from lhrcnn.keras import keras
 

@@ -1,5 +1,5 @@
 """Feature Pyramid Network neck (Lin et al. 2017) in the two forms the family uses
-(shared/reference/seed_models.md §1.3, §3.2):
+(docs/models.md#detnet-59-fpn, #resnet-50-fpn):
 
 * ResNet-50-FPN: C2..C5 at strides 4..32 -> P2..P5 (2x nearest upsample-and-add top-down), plus
   P6 = max-pool(P5, 1x1, stride 2) for the RPN's largest anchors.

@@ -1,5 +1,5 @@
 """The large separable convolution that makes Light-Head R-CNN's thin feature map
-(reference §3.3, the original's `global_context_module`): (k x 1 -> C_mid -> 1 x k -> C_out)
+(docs/original.md#large-separable-convolution, the original's `global_context_module`): (k x 1 -> C_mid -> 1 x k -> C_out)
 + (1 x k -> C_mid -> k x 1 -> C_out), biases, no normalisation or activation inside, ReLU after
 the sum."""
 from lhrcnn.keras import keras
