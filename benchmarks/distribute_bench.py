@@ -9,7 +9,7 @@ step is timed, never the input pipeline. On a machine with C cores, C replicas s
 single replica already used, so the efficiency measured here is a lower bound of what separate
 GPUs give; it shows the overhead of the all-reduce and of the replicated step.
 
-  python -m lhrcnn.bench.distribute_bench --case one_device|mirrored|worker --steps N [--height H --width W]
+  python -m benchmarks.distribute_bench --case one_device|mirrored|worker --steps N [--height H --width W]
 (one case, prints a JSON line; `run()` drives all cases.)
 """
 import argparse
@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTHETIC = os.path.join(ROOT, "experiments/lhrcnn/light_head_rcnn.xception_star.synthetic")
 R101 = os.path.join(ROOT, "experiments/lizeming/light_head_rcnn.ori_res101.coco.ps_roialign")
 
@@ -43,7 +43,7 @@ def _case(args):
     import numpy as np
     import tensorflow as tf
 
-    from lhrcnn.bench.model_bench import random_ground_truth
+    from benchmarks.model_bench import random_ground_truth
     from lhrcnn.train.distribute import make_strategy
     from lhrcnn.train.trainer import Trainer
     strategy = make_strategy({"one_device": "one_device", "mirrored": "mirrored",
@@ -83,7 +83,7 @@ def free_ports(n):
 
 
 def _command(case, steps, warmup, height, width, replicas=1):
-    return [sys.executable, "-m", "lhrcnn.bench.distribute_bench", "--case", case, "--steps", str(steps),
+    return [sys.executable, "-m", "benchmarks.distribute_bench", "--case", case, "--steps", str(steps),
             "--warmup", str(warmup), "--height", str(height), "--width", str(width), "--replicas", str(replicas)]
 
 

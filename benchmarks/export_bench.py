@@ -19,9 +19,9 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from lhrcnn.bench.timing import interleaved_medians
+from benchmarks.timing import interleaved_medians
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTHETIC = os.path.join(ROOT, "experiments/lhrcnn/light_head_rcnn.xception_star.synthetic")
 COLUMNS = [("model", "model", "{}"), ("ops", "ops", "{}"), ("batch", "batch", "{}"),
            ("latency_s", "latency s", "{:.3f}"), ("ms_per_image", "ms/image", "{:.1f}"),

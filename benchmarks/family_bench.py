@@ -8,7 +8,7 @@ limits the model: arithmetic (latency near the GEMM floor: multiply-adds at the 
 peak), small memory-bound ops (depthwise convolutions, activations, concatenations, shuffles:
 time far above the floor), or one slow op.
 
-  python -m lhrcnn.bench.family_bench [--models thundernet_snet49,...] [--single KEY]
+  python -m benchmarks.family_bench [--models thundernet_snet49,...] [--single KEY]
 """
 import json
 import os
@@ -17,7 +17,7 @@ import sys
 import time
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXP = os.path.join(ROOT, "experiments", "lhrcnn")
 
 # key -> (label, experiment, (height, width), paper images/s (single-threaded Xeon E5-2682 v4) or None,
@@ -80,8 +80,8 @@ def measure(key, repeats=20):
     count of the whole inference graph."""
     import tensorflow as tf
 
-    from lhrcnn.bench.model_bench import _inputs
-    from lhrcnn.bench.timing import interleaved_medians
+    from benchmarks.model_bench import _inputs
+    from benchmarks.timing import interleaved_medians
     from lhrcnn.detector import build_detector
     _, experiment, (height, width), _, _, _ = MODELS[key]
     detector = build_detector(os.path.join(EXP, experiment))
@@ -102,7 +102,7 @@ def _single_thread(key, repeats):
     code = ("import json, sys, tensorflow as tf\n"
             "tf.config.threading.set_intra_op_parallelism_threads(1)\n"
             "tf.config.threading.set_inter_op_parallelism_threads(1)\n"
-            "from lhrcnn.bench.family_bench import measure\n"
+            "from benchmarks.family_bench import measure\n"
             f"print('RESULT', json.dumps(measure({key!r}, {repeats})))\n")
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -116,7 +116,7 @@ def _single_thread(key, repeats):
 
 def run(models=tuple(MODELS), repeats=20, gemm=None):
     from lhrcnn import flops
-    from lhrcnn.bench.model_bench import gemm_gflops
+    from benchmarks.model_bench import gemm_gflops
     gemm = gemm or gemm_gflops()
     rows = []
     for key in models:
@@ -149,7 +149,7 @@ def main(argv):
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args(argv)
-    from lhrcnn.bench.timing import format_table
+    from benchmarks.timing import format_table
     rows, extra = run(args.models.split(","), args.repeats)
     print(format_table(rows, COLUMNS))
     print(f"GEMM peak {extra['gemm_gflops'] / 2:.0f} GMAC/s on {extra['cpus']} cores")

@@ -8,12 +8,12 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from lhrcnn.bench.timing import interleaved_medians, median_seconds
+from benchmarks.timing import interleaved_medians, median_seconds
 from lhrcnn.boxes import postprocess
 from lhrcnn.config import COCO_CLASS_NAMES
 from lhrcnn.detector import build_detector
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 R101 = os.path.join(ROOT, "experiments/lizeming/light_head_rcnn.ori_res101.coco.ps_roialign")
 SYNTHETIC = os.path.join(ROOT, "experiments/lhrcnn/light_head_rcnn.xception_star.synthetic")
 

@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from lhrcnn import ops
-from lhrcnn.bench.timing import copy_bandwidth, interleaved_medians
+from benchmarks.timing import copy_bandwidth, interleaved_medians
 
 G, SAMPLES, SCALE = 7, 2, 1.0 / 16.0
 

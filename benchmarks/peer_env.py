@@ -1,8 +1,8 @@
 """The peer environment for `scripts/benchmark.py --peer` (issue #3): TF Model Garden
 (tf-models-official 2.20.0 on TensorFlow 2.20.0) in its own virtual environment, and a runner for
-lhrcnn/bench/peer_model_garden.py inside it.
+benchmarks/peer_model_garden.py inside it.
 
-  from lhrcnn.bench import peer_env
+  from benchmarks import peer_env
   python = peer_env.ensure_peer_env()          # creates .venv-peer once (1.5-2.5 min, 3.4 GB)
   results = peer_env.run_peer(repeats=5)       # {"faster_rcnn_r50_fpn_800x1333_s": ..., ...}
 
@@ -22,7 +22,7 @@ import sys
 import time
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-REPO_ROOT = os.path.dirname(os.path.dirname(BENCH_DIR))
+REPO_ROOT = os.path.dirname(BENCH_DIR)
 REQUIREMENTS = os.path.join(BENCH_DIR, "peer_requirements.txt")
 SCRIPT = os.path.join(BENCH_DIR, "peer_model_garden.py")
 DEFAULT_PATH = ".venv-peer"
@@ -151,7 +151,7 @@ def ensure_peer_env(path=DEFAULT_PATH, python=None, log=None, timeout=1800):
                             f"{version}: pass python=<a Python 3.11 interpreter>")
         _run([_python(venv), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
               "-r", REQUIREMENTS], "installing the peer packages (pip install --no-deps -r "
-             "lhrcnn/bench/peer_requirements.txt; needs the package index)", timeout=timeout)
+             "benchmarks/peer_requirements.txt; needs the package index)", timeout=timeout)
         _run([_python(venv), "-c", "import tensorflow, official.vision.modeling.factory"],
              "importing TensorFlow and official.vision in the peer venv", timeout=600)
     except BaseException:
@@ -181,7 +181,7 @@ def run_peer(repeats=5, sizes=("800x1333", "512x512"), path=DEFAULT_PATH, warmup
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     log(f"[peer] running TF Model Garden Faster R-CNN ({', '.join(sizes)}; median of {repeats})")
-    what = "the peer benchmark (lhrcnn/bench/peer_model_garden.py)"
+    what = "the peer benchmark (benchmarks/peer_model_garden.py)"
     stdout, stderr = _run_forwarding(cmd, what, timeout, env, log)
     for line in reversed(stdout.strip().splitlines()):
         if line.startswith("{"):

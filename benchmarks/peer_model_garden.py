@@ -1,8 +1,8 @@
 """Peer side of issue #3's speed comparison: TF Model Garden's Faster R-CNN, timed on this machine.
 
-Run with the peer environment's python (lhrcnn/bench/peer_env.py builds it), never the main venv's:
+Run with the peer environment's python (benchmarks/peer_env.py builds it), never the main venv's:
 
-  .venv-peer/bin/python lhrcnn/bench/peer_model_garden.py [--repeats 5] [--sizes 800x1333,512x512]
+  .venv-peer/bin/python benchmarks/peer_model_garden.py [--repeats 5] [--sizes 800x1333,512x512]
 
 Standalone on purpose: it imports TensorFlow and `official` (tf-models-official) only, never lhrcnn
 or its op library, so the peer runs exactly as Model Garden publishes it.
@@ -36,7 +36,7 @@ import statistics
 import sys
 import time
 
-# Run as a script from lhrcnn/bench/: keep that folder off the path so that its modules cannot
+# Run as a script from benchmarks/: keep that folder off the path so that its modules cannot
 # shadow anything, and so that nothing of lhrcnn is importable by accident.
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]

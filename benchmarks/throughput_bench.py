@@ -14,9 +14,9 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from lhrcnn.bench.model_bench import R101, SYNTHETIC, random_ground_truth
+from benchmarks.model_bench import R101, SYNTHETIC, random_ground_truth
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _synthetic_split(name, num_images, seed, work_dir):

@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FLAGS = flags.DEFINE_multi_string("sections", ["ops", "models", "throughput", "export", "distribute", "family"],
                                   "Sections to run: ops, models, throughput, export, distribute, family.")
 FAMILY = flags.DEFINE_list("family_models", None, "Models of the family section (default: all; see "
-                           "lhrcnn/bench/family_bench.py).")
+                           "benchmarks/family_bench.py).")
 DIST_STEPS = flags.DEFINE_integer("distribute_steps", 10, "Timed training steps per case (distribute).")
 TRAIN_STEPS = flags.DEFINE_integer("train_steps", 30, "Timed training steps of the default model (throughput).")
 R101_STEPS = flags.DEFINE_integer("r101_steps", 2, "Timed training steps of R-101 at 800x1333 (0 = skip).")
@@ -56,8 +56,8 @@ def main(argv):
     del argv
     import tensorflow as tf
 
-    from lhrcnn.bench import ops_bench
-    from lhrcnn.bench.timing import format_table
+    from benchmarks import ops_bench
+    from benchmarks.timing import format_table
 
     results = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                            "tensorflow": tf.__version__, "time": time.strftime("%Y-%m-%d %H:%M:%S")}}
@@ -69,11 +69,11 @@ def main(argv):
             print(format_table(rows, OPS_COLUMNS))
             results["ops"] = {"rows": rows, **extra}
         elif section == "models":
-            from lhrcnn.bench import model_bench
+            from benchmarks import model_bench
             rows, extra = model_bench.run(MODELS.value, repeats=max(3, REPEATS.value // 3))
             peer = None
             if PEER.value:
-                from lhrcnn.bench import peer_env
+                from benchmarks import peer_env
                 peer = peer_env.run_peer()
                 extra["peer"] = peer
             print(f"\n== models (batch 1, median; GEMM {extra['gemm_gflops']:.0f} GFLOP/s sets the floor) ==")
@@ -84,7 +84,7 @@ def main(argv):
                 print("\npeer (TF Model Garden, same run):", ", ".join(f"{k} {v:.3g}" for k, v in peer.items()))
             results["models"] = {"rows": rows, **extra}
         elif section == "throughput":
-            from lhrcnn.bench import throughput_bench
+            from benchmarks import throughput_bench
             rows, extra = throughput_bench.run(train_steps=TRAIN_STEPS.value, r101_steps=R101_STEPS.value)
             print(f"\n== throughput ({os.cpu_count()} cores; training on one replica) ==")
             print(format_table(rows, THROUGHPUT_COLUMNS))
@@ -93,14 +93,14 @@ def main(argv):
                   f"{'met' if ratio >= 3 else 'NOT met'})")
             results["throughput"] = {"rows": rows, **extra}
         elif section == "export":
-            from lhrcnn.bench import export_bench
+            from benchmarks import export_bench
             rows, extra = export_bench.run(repeats=max(3, REPEATS.value // 2))
             print(f"\n== export ({extra['input']} -> eval {extra['eval_size']}, {extra['cpus']} cores) ==")
             print(format_table(rows, export_bench.COLUMNS))
             print(extra["note"])
             results["export"] = {"rows": rows, **extra}
         elif section == "distribute":
-            from lhrcnn.bench import distribute_bench
+            from benchmarks import distribute_bench
             rows, extra = distribute_bench.run(steps=DIST_STEPS.value)
             print(f"\n== distribute (default experiment, {extra['input']}, 2 images per replica, "
                   f"{extra['cpus']} cores shared by all replicas) ==")
@@ -114,7 +114,7 @@ def main(argv):
                 print(f"  {link}: {ms:.1f} ms")
             results["distribute"] = {"rows": rows, **extra}
         elif section == "family":
-            from lhrcnn.bench import family_bench
+            from benchmarks import family_bench
             rows, extra = family_bench.run(FAMILY.value or tuple(family_bench.MODELS), repeats=max(5, REPEATS.value))
             print(f"\n== family (batch 1, median after warm-up; {extra['cpus']} cores; GEMM peak "
                   f"{extra['gemm_gflops'] / 2:.0f} GMAC/s) ==")

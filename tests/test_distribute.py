@@ -22,7 +22,7 @@ import pytest
 import tensorflow as tf
 
 from lhrcnn import losses
-from lhrcnn.bench.distribute_bench import free_ports
+from benchmarks.distribute_bench import free_ports
 from lhrcnn.train import distribute
 
 HERE = os.path.dirname(os.path.abspath(__file__))
