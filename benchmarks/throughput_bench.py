@@ -4,8 +4,9 @@ Trainer's own distributed step) and of the R-101 experiment at 800x1333, the inp
 images/s alone (it must deliver >= 3x what the faster model consumes), and evaluation images/s
 (inference + COCO conversion, batch 1).
 
-Data: the main job's data/synthetic/{train,val} when present, else a small synthetic set written
-to `work_dir` (generated once, then reused)."""
+Data: the main job's data/synthetic/{train,val} (relative to the working directory, as the main
+job's config paths are) when present, else a small synthetic set written to `work_dir` (default
+output/bench_data/ in the working directory; generated once, then reused)."""
 import gc
 import os
 import tempfile
@@ -22,7 +23,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _synthetic_split(name, num_images, seed, work_dir):
     """(annotations.json, images dir) of data/synthetic/<name>, else a generated small set."""
     from lhrcnn.data import synthetic
-    main = os.path.join(ROOT, "data", "synthetic", name)
+    from lhrcnn.paths import config_path
+    main = config_path(os.path.join("data", "synthetic", name))
     if os.path.isfile(os.path.join(main, "annotations.json")):
         return os.path.join(main, "annotations.json"), os.path.join(main, "images")
     out = os.path.join(work_dir, name)
@@ -93,9 +95,9 @@ def eval_throughput(experiment, dataset, num_images, passes=2):
     from lhrcnn.detector import build_detector, load_detector
     from lhrcnn.data.pipeline import make_dataset
     from lhrcnn.evaluation.coco_eval import run_inference
-    output = load_config(experiment).output_dir(experiment)
-    checkpoint = tf.train.latest_checkpoint(os.path.join(output if os.path.isabs(output) else os.path.join(ROOT, output),
-                                                         "model_dump"))
+    from lhrcnn.paths import experiment_output_dir
+    output = experiment_output_dir(load_config(experiment), experiment)
+    checkpoint = tf.train.latest_checkpoint(os.path.join(output, "model_dump"))
     detector = load_detector(experiment, checkpoint=checkpoint) if checkpoint else build_detector(experiment)
     subset = copy.copy(dataset)
     subset.records = dataset.records[:num_images]
@@ -110,7 +112,7 @@ def run(train_steps=30, r101_steps=2, pipeline_batches=100, eval_images=60, work
     Light-Head (training, evaluation), the input pipeline alone (the same settings for both) and
     R-101 at 800x1333 (training)."""
     from lhrcnn.config import MAIN_JOB_EXPERIMENT, load_config
-    work_dir = work_dir or os.path.join(ROOT, "output", "bench_data")
+    work_dir = work_dir or os.path.abspath(os.path.join("output", "bench_data"))
     main_job = os.path.join(ROOT, MAIN_JOB_EXPERIMENT)
     config = load_config(main_job)
     train_files = _synthetic_split("train", 200, 1, work_dir)

@@ -25,12 +25,12 @@ flags.mark_flags_as_required(["experiment", "checkpoint"])
 
 def run(image_paths):
     from lhrcnn.config import load_config
-    from lhrcnn.evaluation.paths import UserError, experiment_output_dir, require_dir, resolve_checkpoint
+    from lhrcnn.errors import UserError
+    from lhrcnn.paths import experiment_output_dir, require_dir, require_file, resolve_checkpoint
 
     experiment = require_dir(EXPERIMENT.value, "experiment folder")
     for path in image_paths:  # before anything slow
-        if not os.path.isfile(path):
-            raise UserError(f"image {path} does not exist")
+        require_file(path, "image")
     try:
         config = load_config(experiment)
     except (FileNotFoundError, ValueError) as e:
@@ -78,7 +78,7 @@ def run(image_paths):
 def main(argv):
     if len(argv) < 2:
         raise app.UsageError("give at least one image")
-    from lhrcnn.evaluation.paths import UserError
+    from lhrcnn.errors import UserError
     try:
         run(argv[1:])
     except UserError as e:

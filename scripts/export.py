@@ -48,7 +48,8 @@ flags.mark_flags_as_required(["experiment", "output"])
 
 def run():
     from lhrcnn.config import load_config
-    from lhrcnn.evaluation.paths import UserError, experiment_output_dir, require_dir, resolve_checkpoint
+    from lhrcnn.errors import UserError
+    from lhrcnn.paths import experiment_output_dir, require_dir, resolve_checkpoint
     from lhrcnn.export import categories
     from lhrcnn.export.saved_model import next_version
 
@@ -111,7 +112,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:  # TF's INFO lines about saving are noise here
         logging.set_verbosity(logging.WARNING)
-    from lhrcnn.evaluation.paths import UserError
+    from lhrcnn.errors import UserError
     try:
         run()
     except UserError as e:

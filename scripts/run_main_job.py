@@ -5,6 +5,10 @@ idempotent or resumable, so re-running after an interruption continues where it 
 
   python scripts/run_main_job.py [--experiment DIR] [--train_images 2000] [--val_images 200]
                                  [--steps N] [--output DIR]
+
+The default experiment is the repository's lhrcnn.config.MAIN_JOB_EXPERIMENT (next to this
+script); --experiment, --output and the config's data and output paths are relative to the working
+directory (lhrcnn.paths), which every step inherits: `make demo` runs it from the repository root.
 """
 import json
 import os
@@ -14,13 +18,14 @@ import time
 
 from absl import app, flags
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout: scripts/, experiments/
 sys.path.insert(0, ROOT)
 
 from lhrcnn.config import MAIN_JOB_EXPERIMENT  # noqa: E402
 
 EXPERIMENT = flags.DEFINE_string("experiment", MAIN_JOB_EXPERIMENT,
-                                 "The experiment to train (its config names the data).")
+                                 "The experiment to train (its config names the data); the default is the "
+                                 "repository's, found next to this script.")
 TRAIN_IMAGES = flags.DEFINE_integer("train_images", 2000, "Synthetic training images.")
 VAL_IMAGES = flags.DEFINE_integer("val_images", 200, "Synthetic validation images.")
 STEPS = flags.DEFINE_integer("steps", None, "Training steps (default: the experiment's schedule).")
@@ -31,16 +36,19 @@ DEMO_IMAGES = flags.DEFINE_integer("demo_images", 4, "Validation images to draw 
 def step(title, args, timings):
     print(f"\n=== {title}\n$ {' '.join(args)}", flush=True)
     start = time.time()
-    subprocess.run([sys.executable] + args, cwd=ROOT, check=True)
+    subprocess.run([sys.executable, os.path.join(ROOT, args[0])] + args[1:], check=True)
     timings[title] = time.time() - start
 
 
 def _exported_version(export_dir, model_dump):
     """The version folder under export_dir exported from model_dump's latest checkpoint, or None."""
-    import tensorflow as tf
-    export_dir, model_dump = (p if os.path.isabs(p) else os.path.join(ROOT, p) for p in (export_dir, model_dump))
-    latest = tf.train.latest_checkpoint(model_dump)
-    if not latest or not os.path.isdir(export_dir):
+    from lhrcnn.errors import MissingPathError
+    from lhrcnn.paths import resolve_checkpoint
+    try:
+        latest = resolve_checkpoint(model_dump)  # what scripts/export.py exports from model_dump
+    except MissingPathError:
+        return None
+    if not os.path.isdir(export_dir):
         return None
     for name in sorted(os.listdir(export_dir), key=lambda n: int(n) if n.isdigit() else -1, reverse=True):
         info = os.path.join(export_dir, name, "assets.extra", "export_info.json")
@@ -54,11 +62,12 @@ def _exported_version(export_dir, model_dump):
 def main(argv):
     del argv
     from lhrcnn.config import load_config
-    experiment = EXPERIMENT.value
-    config = load_config(os.path.join(ROOT, experiment))
-    output = OUTPUT.value or config.output_dir(os.path.join(ROOT, experiment))
-    train_dir = os.path.dirname(config.train_annotations)
-    val_dir = os.path.dirname(config.eval_annotations)
+    from lhrcnn.paths import config_path, experiment_output_dir
+    experiment = EXPERIMENT.value if flags.FLAGS["experiment"].present else os.path.join(ROOT, EXPERIMENT.value)
+    config = load_config(experiment)
+    output = OUTPUT.value or experiment_output_dir(config, experiment)
+    train_dir = os.path.dirname(config_path(config.train_annotations))
+    val_dir = os.path.dirname(config_path(config.eval_annotations))
     timings, started = {}, time.time()
     step("synthetic training set", ["scripts/make_synthetic_dataset.py", "--output", train_dir,
                                     "--num-images", str(TRAIN_IMAGES.value), "--seed", "1"], timings)
@@ -72,9 +81,9 @@ def main(argv):
     step("evaluate (COCO mAP on the validation set)",
          ["scripts/test.py", "--experiment", experiment, "--checkpoint", model_dump,
           "--output", os.path.join(output, "eval_dump")], timings)
-    with open(os.path.join(ROOT, config.eval_annotations)) as f:
+    with open(config_path(config.eval_annotations)) as f:
         names = [img["file_name"] for img in json.load(f)["images"][:DEMO_IMAGES.value]]
-    images = [os.path.join(ROOT, config.eval_images, n) for n in names]
+    images = [os.path.join(config_path(config.eval_images), n) for n in names]
     step("draw detections", ["scripts/demo.py", "--experiment", experiment, "--checkpoint", model_dump,
                              "--output", os.path.join(output, "demo")] + images, timings)
     export_dir = os.path.join(output, "export")

@@ -8,7 +8,7 @@ Runs the detector over the eval set, writes <output>/results.json (COCO results 
 <output>/metrics.json (the 12 COCOeval statistics, images, images/s, checkpoint) and prints the
 statistics. Defaults: the latest checkpoint in output/<user>/<experiment>/model_dump/, the
 config's eval_annotations / eval_images, output/<user>/<experiment>/eval_dump/. Paths from the
-config are relative to the repository root, paths on the command line to the working directory.
+config and paths on the command line are relative to the working directory (lhrcnn.paths).
 """
 import dataclasses
 import os
@@ -36,8 +36,8 @@ flags.mark_flag_as_required("experiment")
 
 def run():
     from lhrcnn.config import load_config
-    from lhrcnn.evaluation.paths import (UserError, config_path, experiment_output_dir, require_dir, require_file,
-                                         resolve_checkpoint)
+    from lhrcnn.errors import UserError
+    from lhrcnn.paths import config_path, experiment_output_dir, require_dir, require_file, resolve_checkpoint
 
     experiment = require_dir(EXPERIMENT.value, "experiment folder")
     try:
@@ -87,7 +87,7 @@ def run():
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from lhrcnn.evaluation.paths import UserError
+    from lhrcnn.errors import UserError
     try:
         run()
     except UserError as e:

@@ -62,6 +62,7 @@ def main(argv):
     del argv
     logging.getLogger("tensorflow").addFilter(_QuietCollectiveTracing())
     from lhrcnn.convert import tf1
+    from lhrcnn.paths import resolve_checkpoint
     from lhrcnn.train.trainer import Trainer
     if not os.path.isdir(EXPERIMENT.value):
         raise app.UsageError(f"experiment folder {EXPERIMENT.value} does not exist")
@@ -69,7 +70,7 @@ def main(argv):
     if init:
         try:
             if tf1.is_tf1_checkpoint(init):  # name-based: mapped through the table below, not restored by object
-                tf1_init, init = tf1.resolve_checkpoint(init), None
+                tf1_init, init = resolve_checkpoint(init), None
         except FileNotFoundError as e:
             sys.exit(f"error: --init-checkpoint: {e}")
     from lhrcnn.train.distribute import make_strategy

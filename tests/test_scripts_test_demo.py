@@ -82,7 +82,7 @@ def test_test_py_end_to_end(workspace):
     assert all(len(r["bbox"]) == 4 and r["bbox"][2] >= 0 and r["bbox"][3] >= 0 for r in results)
 
 
-def test_test_py_user_errors(workspace):
+def test_test_py_user_errors(workspace, tmp_path):
     root, _ = workspace
     common = ["--experiment", SYNTHETIC, "--output", root / "unused"]
     proc = run_script(TEST_PY, *common, "--annotations", root / "nope.json", "--images", root / "images", cwd=root)
@@ -95,9 +95,8 @@ def test_test_py_user_errors(workspace):
     assert_user_error(proc, root / "model_dump" / "ckpt-9")
     proc = run_script(TEST_PY, "--experiment", root / "no_experiment", cwd=root)
     assert_user_error(proc, root / "no_experiment")
-    default_annotations = os.path.join(ROOT, "data/synthetic/val/annotations.json")
-    if not os.path.exists(default_annotations):  # config paths are relative to the repository, not the CWD
-        assert_user_error(run_script(TEST_PY, *common, cwd=root), default_annotations)
+    # The config's eval_annotations (data/synthetic/val/...) resolve against the working directory.
+    assert_user_error(run_script(TEST_PY, *common, cwd=tmp_path), tmp_path / "data/synthetic/val/annotations.json")
 
 
 def test_demo_py_end_to_end(workspace):
@@ -131,14 +130,3 @@ def test_demo_py_user_errors(workspace):
     assert_user_error(run_script(DEMO_PY, *common, "--checkpoint", prefix, root / "junk.jpg", cwd=root),
                       root / "junk.jpg")
     assert not (root / "demo_errors").exists() or not os.listdir(root / "demo_errors")
-
-
-def test_resolve_checkpoint(workspace, tmp_path):
-    from lhrcnn.evaluation.paths import UserError, resolve_checkpoint
-    root, prefix = workspace
-    assert resolve_checkpoint(prefix) == prefix
-    assert resolve_checkpoint(str(root / "model_dump")) == prefix  # a folder without a `checkpoint` state file
-    with pytest.raises(UserError, match="no checkpoint in"):
-        resolve_checkpoint(str(tmp_path))
-    with pytest.raises(UserError, match="ckpt-7"):
-        resolve_checkpoint(str(tmp_path / "ckpt-7"))

@@ -8,6 +8,8 @@ import shutil
 import tensorflow as tf
 from absl import logging
 
+from lhrcnn.paths import resolve_checkpoint
+
 
 def is_tf2_checkpoint(prefix):
     """True for an object-based (TF2) checkpoint, False for a name-based TF1 one."""
@@ -18,17 +20,10 @@ def is_tf2_checkpoint(prefix):
     return "_CHECKPOINTABLE_OBJECT_GRAPH" in names
 
 
-def resolve_checkpoint(path):
-    """A checkpoint prefix from a prefix or a folder (its latest checkpoint)."""
-    prefix = tf.train.latest_checkpoint(path) if os.path.isdir(path) else path
-    if not prefix or not tf.io.gfile.exists(prefix + ".index"):
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    return prefix
-
-
 def initialize_from(detector, path):
-    """Loads the model weights of another run's TF2 checkpoint (optimizer state and step are not
-    taken). Variables missing from the checkpoint keep their initialisation (logged)."""
+    """Loads the model weights of another run's TF2 checkpoint (`path`: a prefix or a folder, as
+    lhrcnn.paths.resolve_checkpoint takes; optimizer state and step are not taken). Variables
+    missing from the checkpoint keep their initialisation (logged)."""
     prefix = resolve_checkpoint(path)
     if not is_tf2_checkpoint(prefix):
         raise ValueError(f"{prefix} is a TF1 (name-based) checkpoint; convert it with "

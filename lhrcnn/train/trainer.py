@@ -26,21 +26,12 @@ from absl import logging
 
 from lhrcnn.config import load_config, load_network_module
 from lhrcnn.keras import keras
+from lhrcnn.paths import config_path, experiment_output_dir
 from lhrcnn.progress import Progress
 from lhrcnn.train import distribute
 from lhrcnn.train.checkpoints import TrainingCheckpoints, initialize_from
 from lhrcnn.train.precise_bn import recompute_batch_norm_statistics
 from lhrcnn.train.schedules import WarmupMultiStageLR
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def resolve_path(path):
-    """A config path as given when it exists (absolute or relative to the CWD), else relative to
-    the repository root (configs name data/... paths, as the original did)."""
-    if os.path.isabs(path) or os.path.exists(path):
-        return path
-    return os.path.join(ROOT, path)
 
 
 def is_decayed(variable):
@@ -64,7 +55,7 @@ class Trainer:
                  train_dataset=None, **config_overrides):
         self.experiment_dir = experiment_dir
         self.config = c = load_config(experiment_dir, **config_overrides)
-        self.output_dir = output_dir or c.output_dir(experiment_dir)
+        self.output_dir = output_dir or experiment_output_dir(c, experiment_dir)
         self.strategy = strategy or tf.distribute.get_strategy()
         self.replicas = self.strategy.num_replicas_in_sync
         self.chief = distribute.is_chief(self.strategy)
@@ -109,7 +100,7 @@ class Trainer:
     def load_train_data(self):
         from lhrcnn.data.coco import load_coco
         c = self.config
-        return load_coco(resolve_path(c.train_annotations), resolve_path(c.train_images), class_names=c.class_names)
+        return load_coco(config_path(c.train_annotations), config_path(c.train_images), class_names=c.class_names)
 
     def distributed_dataset(self, seed, start_step=0):
         """Per-replica batches through `strategy.distribute_datasets_from_function`: each worker
