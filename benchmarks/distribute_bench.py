@@ -1,4 +1,4 @@
-"""tf.distribute benchmark (issue #7): training steps/s and images/s of the default experiment on
+"""tf.distribute benchmark: training steps/s and images/s of the default experiment on
 1 and 2 logical CPU devices (one_device / MirroredStrategy) and on 1 and 2 local worker
 processes (MultiWorkerMirroredStrategy over loopback gRPC), with the scaling efficiency; and an
 estimate of the gradient all-reduce cost per step of the R-101 model on 8 GPUs.

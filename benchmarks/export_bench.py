@@ -1,4 +1,4 @@
-"""Benchmark of exported SavedModels (issue #6): latency of the stock-op export (the pure-TF op
+"""Benchmark of exported SavedModels: latency of the stock-op export (the pure-TF op
 twins, what a stock tensorflow_model_server runs) and of the custom-op export, loaded with
 tf.saved_model.load, next to the in-process detector, at batch 1 and 8 on this machine.
 

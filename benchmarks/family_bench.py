@@ -1,4 +1,4 @@
-"""CPU inference latency of the family's detectors at their papers' input sizes (issue #8): batch 1,
+"""CPU inference latency of the family's detectors at their papers' input sizes: batch 1,
 median after warm-up, on all cores and on one thread (a fresh process with one intra-op and one
 inter-op thread, the papers' single-threaded setting), next to the papers' figures. Each row also
 gives the multiply-adds, the achieved GMAC/s against the machine's GEMM peak, the split between
@@ -87,7 +87,7 @@ def measure(key, repeats=20):
     detector = build_detector(os.path.join(EXP, experiment))
     x = _inputs(height, width)
     full = tf.function(lambda x: detector(x))
-    backbone = tf.function(lambda images: detector.features(images))
+    backbone = tf.function(lambda images: detector.backbone(images))
     times = interleaved_medians({
         "total": lambda: full(x)["boxes"].numpy(),
         "backbone": lambda: [v.numpy() for v in backbone(x["images"]).values()],

@@ -1,4 +1,4 @@
-"""Benchmark of whole detectors on this machine (issue #3): inference latency (batch 1, median
+"""Benchmark of whole detectors on this machine: inference latency (batch 1, median
 after warm-up), GFLOP (TF profiler on the inference graph; multiply-adds x 2), the arithmetic
 floor (GFLOP / measured GEMM throughput), the split between backbone, RPN + proposals, thin
 feature map, R-CNN subnet and post-processing, and the training step time."""
@@ -9,7 +9,6 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks.timing import interleaved_medians, median_seconds
-from lhrcnn.boxes import postprocess
 from lhrcnn.config import COCO_CLASS_NAMES
 from lhrcnn.detector import build_detector
 
@@ -55,30 +54,23 @@ def _inputs(height, width, batch=1, seed=0, scale=50.0):
 
 def bench_inference(detector, height, width, repeats):
     """Whole-model latency and the per-stage split (each stage timed alone on its real inputs)."""
-    c = detector.config
     x = _inputs(height, width)
     full = tf.function(lambda x: detector(x))
     backbone = tf.function(lambda images: detector.features(images))
     features = backbone(x["images"])
 
-    def rpn_and_proposals(features):
-        logits, deltas = detector.rpn(features)
-        return detector._proposals(features, logits, deltas, x["image_info"], training=False)
-
-    rpn = tf.function(rpn_and_proposals)
-    rois, _, valid = rpn(features)
-    thin = tf.function(lambda features: detector.roi_head.head_input(features))
+    rpn = tf.function(lambda features: detector.rpn(features, x["image_info"])[0])
+    proposals = rpn(features)
+    rois, valid = proposals["rois"], proposals["valid"]
+    thin = tf.function(lambda features: detector.roi_heads.head_input(features))
     thin_map = thin(features)
-    subnet = tf.function(lambda thin_map, rois: detector.roi_head.head(thin_map, rois))
+    subnet = tf.function(lambda thin_map, rois: detector.roi_heads.box_head(thin_map, rois))
     class_logits, box_deltas = subnet(thin_map, rois)
-    post = tf.function(lambda cl, bd, r, v: postprocess.detect(
-        cl, bd, r, v, x["image_info"], c.num_classes, nms_threshold=c.test_nms, score_threshold=c.test_score_threshold,
-        max_detections=c.test_max_detections, bbox_means=c.bbox_means, bbox_stds=c.bbox_stds, offset=c.box_offset,
-        backend=c.ops_backend, clip_scale=c.box_delta_clip))
+    post = tf.function(lambda cl, bd, r, v: detector.roi_heads.detect(cl, bd, r, v, x["image_info"]))
     times = interleaved_medians({
         "total": lambda: full(x)["boxes"].numpy(),
         "backbone": lambda: {k: v.numpy() for k, v in backbone(x["images"]).items()},
-        "rpn_proposals": lambda: rpn(features)[0].numpy(),
+        "rpn_proposals": lambda: rpn(features)["rois"].numpy(),
         "thin_map": lambda: thin(features).numpy(),
         "rcnn_subnet": lambda: subnet(thin_map, rois)[0].numpy(),
         "postprocess": lambda: post(class_logits, box_deltas, rois, valid)["boxes"].numpy(),

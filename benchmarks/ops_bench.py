@@ -1,6 +1,6 @@
 """Benchmark of the custom ops against the best stock-TF formulations, on this machine.
 
-Cases (issue #2): PS-RoI-Align forward + backward on one 800x1333 image's thin feature map
+Cases: PS-RoI-Align forward + backward on one 800x1333 image's thin feature map
 [1, 50, 84, 490] with 2000 RoIs (G = 7, 2x2 samples); NMS 12000 -> 2000 boxes at IoU 0.7,
 uniform and clustered; class-aware batched NMS of 1000 boxes x 80 classes against
 tf.image.combined_non_max_suppression. Each row has the op's time, the baseline's, the speed-up

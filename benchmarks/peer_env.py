@@ -1,4 +1,4 @@
-"""The peer environment for `scripts/benchmark.py --peer` (issue #3): TF Model Garden
+"""The peer environment for `scripts/benchmark.py --peer`: TF Model Garden
 (tf-models-official 2.20.0 on TensorFlow 2.20.0) in its own virtual environment, and a runner for
 benchmarks/peer_model_garden.py inside it.
 

@@ -1,4 +1,4 @@
-"""Peer side of issue #3's speed comparison: TF Model Garden's Faster R-CNN, timed on this machine.
+"""Peer side of the speed comparison: TF Model Garden's Faster R-CNN, timed on this machine.
 
 Run with the peer environment's python (benchmarks/peer_env.py builds it), never the main venv's:
 

@@ -1,4 +1,4 @@
-"""Throughput benchmark (issue #4): training images/s of the main job's default experiment and of
+"""Throughput benchmark: training images/s of the main job's default experiment and of
 the synthetic Xception* Light-Head (real synthetic images through the tf.data pipeline, the
 Trainer's own distributed step) and of the R-101 experiment at 800x1333, the input pipeline's
 images/s alone (it must deliver >= 3x what the faster model consumes), and evaluation images/s

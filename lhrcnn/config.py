@@ -1,6 +1,7 @@
 """The base experiment configuration. An experiment's `config.py` subclasses `Config` and sets
 only what differs; a field the base does not define (a misspelling, a removed option) is an
-error naming it. Defaults are the original's ps_roialign experiment (docs/original.md#config), so ported experiments stay short.
+error naming it. Defaults are the original's ps_roialign experiment (docs/original.md#config), so
+ported experiments stay short.
 """
 import difflib
 import getpass
@@ -36,6 +37,7 @@ class Config:
     experiment_name = None          # defaults to the experiment folder's name
     user = None                     # defaults to the experiment folder's parent (the original: the unix user)
     output_root = "output"          # outputs go to <output_root>/<user>/<experiment_name>/
+    # Relative paths (output_root and the data paths below) are relative to the working directory.
     seed = 3
 
     # --- data

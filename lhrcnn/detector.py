@@ -134,11 +134,10 @@ def load_detector(experiment_dir, checkpoint=None, **config_overrides):
     """The experiment's detector with weights from `checkpoint` (a checkpoint prefix or a folder;
     default: the latest checkpoint in the experiment's output model_dump/)."""
     detector = build_detector(experiment_dir, **config_overrides)
+    from lhrcnn.paths import experiment_output_dir, resolve_checkpoint
     if checkpoint is None:
-        checkpoint = os.path.join(detector.config.output_dir(experiment_dir), "model_dump")
-    path = tf.train.latest_checkpoint(checkpoint) if os.path.isdir(checkpoint) else checkpoint
-    if not path or not tf.io.gfile.exists(path + ".index"):
-        raise FileNotFoundError(f"no checkpoint at {checkpoint}")
+        checkpoint = os.path.join(experiment_output_dir(detector.config, experiment_dir), "model_dump")
+    path = resolve_checkpoint(checkpoint)  # FileNotFoundError naming the path when there is none
     try:
         # read(): no save counter involved
         status = tf.train.Checkpoint(model=checkpoint_model(detector, path)).read(path)

@@ -48,6 +48,7 @@ import numpy as np
 import tensorflow as tf
 
 from lhrcnn.keras import keras
+from lhrcnn.paths import resolve_checkpoint
 
 # backbone name (Config.backbone) -> the TF1 variable scope of the backbone and of the heads
 # (the original's head code re-opens the backbone's scope).
@@ -172,23 +173,6 @@ def resolve(root, path):
 
 
 # ----------------------------------------------------------------------------- checkpoints
-
-def resolve_checkpoint(path):
-    """A readable checkpoint prefix from `path`: a V2 prefix (`<path>.index` exists), a V1 single
-    file (the 2016 slim ImageNet checkpoints) or a folder with a `checkpoint` state file.
-    FileNotFoundError naming the path otherwise."""
-    if os.path.isdir(path):
-        prefix = tf.train.latest_checkpoint(path)
-        if not prefix or not (tf.io.gfile.exists(prefix + ".index") or os.path.isfile(prefix)):
-            raise FileNotFoundError(f"no readable checkpoint in folder {path} (its `checkpoint` file is missing or "
-                                    f"names a file that is not there); pass the checkpoint prefix, e.g. "
-                                    f"{os.path.join(path, 'epoch_26.ckpt')}")
-        return prefix
-    if tf.io.gfile.exists(path + ".index") or os.path.isfile(path):
-        return path
-    raise FileNotFoundError(f"checkpoint {path} does not exist (expected {path}.index, a V1 checkpoint file, "
-                            f"or a folder of checkpoints)")
-
 
 def _reader(prefix):
     try:

@@ -1,6 +1,6 @@
-"""COCO evaluation (shared/DESIGN.md §3.4): padded detector outputs -> COCO results entries
-(`[x, y, w, h]`, the dataset's own category ids; reference §6.7) -> COCOeval (iouType "bbox")
--> the 12 standard statistics by name; inference over a tf.data eval set; atomic json writes."""
+"""COCO evaluation: padded detector outputs -> COCO results entries (`[x, y, w, h]`, the dataset's
+own category ids; docs/original.md#post-processing) -> COCOeval (iouType "bbox") -> the 12
+standard statistics by name; inference over a tf.data eval set; atomic json writes."""
 import contextlib
 import copy
 import io

@@ -42,10 +42,10 @@ def resolve_category_ids(config, annotations=None):
     """(category ids per class index (entry 0 = 0), where they came from).
 
     `annotations` (a COCO json) when given; else the config's eval_annotations when that file
-    exists (relative to the repository root); else COCO's ids when the classes are COCO's; else
+    exists (relative to the working directory); else COCO's ids when the classes are COCO's; else
     the class index itself.
     """
-    from lhrcnn.evaluation.paths import config_path
+    from lhrcnn.paths import config_path
     names = tuple(config.class_names)
     if annotations is not None:
         return categories_from_annotations(annotations, names), os.path.abspath(annotations)

@@ -28,7 +28,8 @@ def initialize_from(detector, path):
     if not is_tf2_checkpoint(prefix):
         raise ValueError(f"{prefix} is a TF1 (name-based) checkpoint; convert it with "
                          "scripts/convert_tf1.py first")
-    status = tf.train.Checkpoint(model=detector).restore(prefix)
+    from lhrcnn.detector import checkpoint_model  # the earlier object layout too
+    status = tf.train.Checkpoint(model=checkpoint_model(detector, prefix)).restore(prefix)
     status.expect_partial()
     logging.info("initialised the model from %s", prefix)
     return prefix
@@ -46,6 +47,7 @@ class TrainingCheckpoints:
     def __init__(self, directory, max_to_keep=5, write_directory=None, **objects):
         self.directory = directory
         self.write_directory = write_directory or directory
+        self.objects = objects
         self.checkpoint = tf.train.Checkpoint(**objects)
         self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=max_to_keep)
         self.writer = (self.manager if self.write_directory == directory else
@@ -59,7 +61,13 @@ class TrainingCheckpoints:
         """Restores the latest checkpoint of this run if there is one; returns its path or None."""
         latest = self.latest()
         if latest:
-            self.checkpoint.restore(latest).assert_existing_objects_matched()
+            checkpoint = self.checkpoint
+            if "model" in self.objects:
+                from lhrcnn.detector import checkpoint_model  # the earlier object layout too
+                model = checkpoint_model(self.objects["model"], latest)
+                if model is not self.objects["model"]:
+                    checkpoint = tf.train.Checkpoint(**{**self.objects, "model": model})
+            checkpoint.restore(latest).assert_existing_objects_matched()
             logging.info("resumed from %s", latest)
         return latest
 

@@ -1,4 +1,4 @@
-"""The training loop (shared/DESIGN.md §3.3): a custom loop under any tf.distribute strategy
+"""The training loop (docs/original.md#training): a custom loop under any tf.distribute strategy
 (one device, MirroredStrategy, MultiWorkerMirroredStrategy; lhrcnn/train/distribute.py).
 
 Per replica: losses of its batch (`detector.compute_losses`: OHEM and target sampling per
@@ -195,8 +195,8 @@ class Trainer:
                     raise FloatingPointError(f"non-finite loss at step {step}: {last}; the last good checkpoint "
                                              f"is {self.checkpoints.latest()}")
                 lr = float(self.schedule(step - 1))
-                progress.update(step, loss=last["total"], rpn_cls=last["rpn_cls"], rpn_box=last["rpn_box"],
-                                rcnn_cls=last["rcnn_cls"], rcnn_box=last["rcnn_box"], lr=lr)
+                # every loss the stages return, after the total
+                progress.update(step, loss=last["total"], **{k: v for k, v in last.items() if k != "total"}, lr=lr)
                 if step % self.summary_every == 0 or step == self.total_steps:
                     with writer.as_default(step=step):
                         for k, v in last.items():
