@@ -360,14 +360,14 @@ def run_export(args):
     output = os.path.abspath(args.output)
     if os.path.exists(output) and not os.path.isdir(output):
         raise UserError(f"--output {output} exists and is not a folder")
+    if args.annotations is not None and not os.path.isfile(args.annotations):
+        raise MissingPathError(f"annotation file {args.annotations} does not exist")
+    _require_checkpoint(args.checkpoint, "--checkpoint")
     from lhrcnn.export.saved_model import next_version
     version = args.version or next_version(output)
     if os.path.exists(os.path.join(output, str(version))):
         raise UserError(f"{os.path.join(output, str(version))} exists already; refusing to overwrite a version "
                         "(pick another --version, or leave it out for the next one)")
-    if args.annotations is not None and not os.path.isfile(args.annotations):
-        raise MissingPathError(f"annotation file {args.annotations} does not exist")
-    _require_checkpoint(args.checkpoint, "--checkpoint")
     checkpoint = resolve_checkpoint(args.checkpoint or os.path.join(experiment_output_dir(config, experiment),
                                                                     "model_dump"))
     from lhrcnn.export import categories
@@ -967,16 +967,24 @@ def _log_to_stderr(verbose):
         logging.basicConfig(level=logging.INFO)
 
 
+def parse_args(argv, prog="lhrcnn"):
+    """The parsed command line `argv` (a list without the program name): a Namespace whose
+    `command` names the command and whose attributes are its flags (underscore names). A usage
+    mistake prints one `error: ...` line and exits with status 2."""
+    args = build_parser(prog).parse_args(list(argv))
+    if args.command is None:
+        build_parser(prog).error("give a command")
+    return _fill_defaults(args.command, args)
+
+
 def main(argv=None):
     """The `lhrcnn` command: parses `argv` (default: sys.argv[1:]), runs the command and returns
-    its exit status."""
+    its exit status (without a command: the help, status 2)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
     if not argv:
-        parser.print_help(sys.stderr)
+        build_parser().print_help(sys.stderr)
         return 2
-    args = parser.parse_args(argv)
-    _fill_defaults(args.command, args)
+    args = parse_args(argv)
     _log_to_stderr(args.verbose)
     return run(args.command, args)
 

@@ -61,13 +61,14 @@ class Detections:
 # ----------------------------------------------------------------------------- images
 
 
-def _decode(raw, what):
+def _decode(raw, what, plural=False):
+    """decode_image of the bytes `raw`; ValueError starting with `what` (e.g. "image x.png")."""
     import tensorflow as tf
 
     from lhrcnn.data import preprocess
     raw = tf.constant(raw, tf.string)
     if not bool(preprocess.is_supported_image(raw)):
-        raise ValueError(f"{what} is not an image (not JPEG, PNG, GIF, BMP or WebP)")
+        raise ValueError(f"{what} {'are' if plural else 'is'} not a JPEG, PNG, GIF, BMP or WebP image")
     try:
         return preprocess.decode_image(raw).numpy()
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
@@ -93,7 +94,7 @@ def read_image(image):
         return image
     if isinstance(image, (bytes, bytearray, memoryview)):
         raw = bytes(image)
-        return _decode(raw, f"the image bytes ({len(raw)} bytes)")
+        return _decode(raw, f"the image bytes ({len(raw)} bytes)", plural=True)
     if isinstance(image, (str, os.PathLike)):
         path = os.fspath(image)
         if not os.path.isfile(path):
