@@ -953,13 +953,27 @@ def run(command, args):
     return 0
 
 
+class _LhrcnnInfo(logging.Filter):
+    """Warnings and errors, and INFO messages logged by lhrcnn's own modules."""
+
+    def __init__(self):
+        super().__init__()
+        self.package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+    def filter(self, record):
+        return record.levelno >= logging.WARNING or os.path.abspath(record.pathname).startswith(self.package)
+
+
 def _log_to_stderr(verbose):
-    """absl's messages (the trainer's `resumed from ...`) as plain lines on stderr; --verbose also
-    shows other libraries' INFO messages."""
-    absl_logger = logging.getLogger("absl")
+    """absl's messages as plain lines on stderr: lhrcnn's INFO lines (the trainer's `resumed from
+    ...`) and everyone's warnings; with verbose, every INFO message (TensorFlow's too)."""
+    from absl import logging as absl_logging  # first: its logger names the caller's file, not absl's
+    absl_logger = absl_logging.get_absl_logger()
     if not absl_logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
+        if not verbose:
+            handler.addFilter(_LhrcnnInfo())
         absl_logger.addHandler(handler)
         absl_logger.propagate = False
     absl_logger.setLevel(logging.INFO)
