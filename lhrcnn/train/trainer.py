@@ -16,7 +16,14 @@ Options: `mixed_precision` ("mixed_float16" with dynamic loss scaling, or "mixed
 the backbone in half precision, everything after it and the losses in float32; `jit_compile`
 compiles the backbone (forward and backward) with XLA; `sync_batch_norm` normalises trained
 BatchNorms with the global batch's statistics.
+
+Summaries (the chief, under <output>/tensorboard): `loss/<name>` and `learning_rate` every
+`summary_every` steps and at the last one. With `eval_every > 0`, every `eval_every` steps and
+once more after the final checkpoint, the current weights are evaluated on the eval set
+(`TrainingEvaluator`): the 12 COCO statistics as `eval/AP`, `eval/AP50`, ... and a few images
+with their detections as `eval/detections`.
 """
+import collections
 import os
 import time
 
@@ -25,8 +32,10 @@ import tensorflow as tf
 from absl import logging
 
 from lhrcnn.config import load_config, load_network_module
+from lhrcnn.errors import UserError
+from lhrcnn.evaluation import coco_eval
 from lhrcnn.keras import keras
-from lhrcnn.paths import config_path, experiment_output_dir
+from lhrcnn.paths import config_path, experiment_output_dir, require_dir, require_file
 from lhrcnn.progress import Progress
 from lhrcnn.train import distribute
 from lhrcnn.train.checkpoints import TrainingCheckpoints, initialize_from
@@ -47,12 +56,170 @@ def gradient_multiplier(variable, multipliers):
     return 1.0
 
 
+# Drawn eval images: detections at or above this score, at most DRAW_MAX_DETECTIONS per image
+# (the best), each image scaled to at most DRAW_MAX_SIDE pixels on its long side.
+DRAW_SCORE_THRESHOLD = 0.3
+DRAW_MAX_DETECTIONS = 20
+DRAW_MAX_SIDE = 512
+GROUND_TRUTH_COLOR = (255, 255, 255)
+
+
+class TrainingEvaluator:
+    """COCO evaluation of a training run's current weights, on the chief.
+
+    The eval set is read and checked at construction (UserError naming the path when it is
+    missing, unreadable or has no image). The evaluation runs on a copy of the detector with
+    plain (non-distributed) variables, built once: each `evaluate(detector)` copies the
+    training detector's values into it and runs inference mode (training=False) over the eval
+    set, so the training detector, its optimizer, the training data iterator and the checkpoints
+    are never touched, and no collective op runs during the evaluation. The copy of the values
+    is the only part that every worker must run (under multi-worker training, reading
+    replica-local BN statistics is collective); on the others `evaluate` returns None.
+
+    Args:
+      config: the experiment's Config (eval image sizes, class names).
+      annotations, images: the eval set (COCO json, image folder); config paths.
+      images_to_draw: how many eval images (the first, in image-id order) `evaluate` draws.
+      chief: whether this worker evaluates.
+      batch_size: images per inference call.
+    Then `attach(build_detector, detector)` builds the copy.
+    """
+
+    def __init__(self, config, annotations, images, *, images_to_draw=4, chief=True, batch_size=1):
+        self.annotations = require_file(config_path(annotations), "eval annotation file")
+        self.images = require_dir(config_path(images), "eval image folder")
+        self.chief = chief
+        self.images_to_draw = int(images_to_draw)
+        if not chief:
+            return
+        from lhrcnn.data.coco import load_coco
+        from lhrcnn.data.pipeline import make_dataset
+        try:
+            self.data = load_coco(self.annotations, self.images, class_names=config.class_names)
+            self.ground_truth = coco_eval.load_ground_truth(self.annotations)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UserError(f"cannot read the eval set {self.annotations} (images in {self.images}): {e}") from None
+        if not self.data.records:
+            raise UserError(f"the eval set {self.annotations} has no image to evaluate (images in {self.images}; "
+                            f"files that do not exist are dropped and named in the warnings above)")
+        self.tf_dataset = make_dataset(self.data, config, training=False, batch_size=batch_size)
+        self.class_names = self.data.class_names
+        self.model = self._infer = None
+
+    @property
+    def num_images(self):
+        return len(self.data.records)
+
+    def attach(self, build_detector, detector):
+        """On the chief: builds the evaluation copy (`build_detector()` -> a built detector of the
+        training detector's structure, called outside any strategy scope) and checks that its
+        variables match `detector`'s (count and shapes, in order; ValueError otherwise)."""
+        if not self.chief:
+            return
+        self.model = build_detector()
+        spec = {"images": tf.TensorSpec([None, None, None, 3], tf.float32),
+                "image_info": tf.TensorSpec([None, 5], tf.float32)}
+        # traced once; run_inference's own wrapper around it then only adds a call
+        self._infer = tf.function(lambda inputs: self.model(inputs, training=False), input_signature=[spec])
+        ours, theirs = self.model.variables, detector.variables
+        mismatch = [(a.name, a.shape, b.shape) for a, b in zip(ours, theirs) if a.shape != b.shape]
+        if len(ours) != len(theirs) or mismatch:
+            raise ValueError(f"the evaluation copy of the detector has {len(ours)} variables, the trained one "
+                             f"{len(theirs)}; first shape mismatches: {mismatch[:3]}")
+
+    def evaluate(self, detector):
+        """Evaluates `detector`'s current weights. Every worker must call it (see the class).
+
+        Returns (on the chief): (CocoStats, drawn images uint8 [N, H, W, 3] or None,
+        run_inference's speed dict); None elsewhere."""
+        values = [v.numpy() for v in detector.variables]
+        if not self.chief:
+            return None
+        for variable, value in zip(self.model.variables, values):
+            variable.assign(value)
+        results, image_ids, speed = coco_eval.run_inference(self._infer, self.tf_dataset, self.data.category_ids,
+                                                            num_images=self.num_images)
+        stats = coco_eval.evaluate(self.ground_truth, results, image_ids=image_ids, verbose=False)
+        return stats, self.draw(results), speed
+
+    def draw(self, results):
+        """The first `images_to_draw` eval images with their ground truth (thin white boxes) and
+        the detections in `results` (COCO entries) above DRAW_SCORE_THRESHOLD, each scaled to fit
+        DRAW_MAX_SIDE and padded (black, bottom/right) to the largest: uint8 [N, H, W, 3], or
+        None when there is nothing to draw."""
+        from PIL import Image, ImageDraw
+
+        from lhrcnn.visualize import draw_detections
+        records = self.data.records[:max(0, self.images_to_draw)]
+        if not records:
+            return None
+        wanted = {r.image_id for r in records}
+        class_of_category = {int(cid): i for i, cid in enumerate(self.data.category_ids)
+                             if i > 0 and cid is not None and int(cid) >= 0}
+        detections = collections.defaultdict(list)
+        for entry in results:
+            if int(entry["image_id"]) in wanted and entry["score"] >= DRAW_SCORE_THRESHOLD:
+                detections[int(entry["image_id"])].append(entry)
+        canvases = []
+        for record in records:
+            try:
+                with Image.open(record.path) as image:
+                    canvas = image.convert("RGB")
+            except OSError:  # unreadable now: a grey image of the annotated size
+                canvas = Image.new("RGB", (record.width, record.height), (128, 128, 128))
+            draw = ImageDraw.Draw(canvas)
+            for x1, y1, x2, y2 in record.boxes.tolist():
+                draw.rectangle([x1, y1, x2, y2], outline=GROUND_TRUTH_COLOR, width=1)
+            best = sorted(detections[record.image_id], key=lambda e: -e["score"])[:DRAW_MAX_DETECTIONS]
+            dets = []
+            for entry in best:
+                x, y, w, h = entry["bbox"]
+                index = class_of_category.get(int(entry["category_id"]), 0)
+                dets.append({"box": (x, y, x + w, y + h), "class": self.class_names[index], "class_index": index,
+                             "score": float(entry["score"])})
+            canvas = draw_detections(np.asarray(canvas), dets)
+            canvas.thumbnail((DRAW_MAX_SIDE, DRAW_MAX_SIDE))
+            canvases.append(np.asarray(canvas, np.uint8))
+        height, width = max(c.shape[0] for c in canvases), max(c.shape[1] for c in canvases)
+        out = np.zeros((len(canvases), height, width, 3), np.uint8)
+        for i, c in enumerate(canvases):
+            out[i, :c.shape[0], :c.shape[1]] = c
+        return out
+
+
 class Trainer:
-    """Trains an experiment. `Trainer(experiment_dir).train()`; see scripts/train.py."""
+    """Trains an experiment. `Trainer(experiment_dir).train()`; see scripts/train.py.
+
+    Args (besides the config fields, `**config_overrides`; None for one of the integer
+    arguments means its default):
+      output_dir: default output/<user>/<experiment>/ (model_dump/, tensorboard/).
+      strategy: a tf.distribute strategy (default: the current one).
+      init_checkpoint: weights to start from when the run has no checkpoint of its own.
+      total_steps: default: the config's schedule.
+      checkpoint_every: steps between checkpoints (and one at the end).
+      summary_every: steps between the loss and learning-rate scalars (and the last step);
+        0: the last step only.
+      log_every_seconds: seconds between progress lines.
+      train_dataset: see `distributed_dataset`.
+      eval_every: steps between evaluations on the eval set (and one after the final
+        checkpoint); 0: none.
+      eval_annotations, eval_images: the eval set (default: the config's); read and checked
+        here when eval_every > 0.
+      eval_images_to_draw: eval images drawn with their detections into each evaluation's
+        `eval/detections` image summary.
+    """
 
     def __init__(self, experiment_dir, *, output_dir=None, strategy=None, init_checkpoint=None,
                  total_steps=None, checkpoint_every=500, summary_every=20, log_every_seconds=10.0,
-                 train_dataset=None, **config_overrides):
+                 train_dataset=None, eval_every=0, eval_annotations=None, eval_images=None,
+                 eval_images_to_draw=4, **config_overrides):
+        eval_every = 0 if eval_every is None else eval_every
+        summary_every = 20 if summary_every is None else summary_every
+        eval_images_to_draw = 4 if eval_images_to_draw is None else eval_images_to_draw
+        for name, value in (("eval_every", eval_every), ("summary_every", summary_every),
+                            ("eval_images_to_draw", eval_images_to_draw)):
+            if int(value) != value or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         self.experiment_dir = experiment_dir
         self.config = c = load_config(experiment_dir, **config_overrides)
         self.output_dir = output_dir or experiment_output_dir(c, experiment_dir)
@@ -64,8 +231,13 @@ class Trainer:
         self.schedule = WarmupMultiStageLR(c.basic_lr * self.replicas, iters_per_epoch, c.warmup_iters,
                                            c.warmup_factor, c.lr_stages)
         self.total_steps = int(total_steps or self.schedule.total_steps)
-        self.checkpoint_every, self.summary_every = checkpoint_every, summary_every
+        self.checkpoint_every, self.summary_every = checkpoint_every, int(summary_every)
         self.log_every_seconds = log_every_seconds
+        self.eval_every = int(eval_every)
+        self.evaluator = None
+        if self.eval_every:  # the eval set is read (and its errors raised) before the model is built
+            self.evaluator = TrainingEvaluator(c, eval_annotations or c.eval_annotations, eval_images or c.eval_images,
+                                               images_to_draw=eval_images_to_draw, chief=self.chief)
         with self.strategy.scope():
             network = load_network_module(experiment_dir)
             if c.mixed_precision:
@@ -95,6 +267,13 @@ class Trainer:
                                                write_directory=distribute.worker_directory(model_dump, self.strategy))
         self.init_checkpoint = init_checkpoint
         self._train_dataset = train_dataset
+        if self.evaluator is not None:
+            def build_eval_copy():  # plain variables: built outside the strategy's scope
+                if c.mixed_precision:
+                    return distribute.build_with_backbone_precision(lambda: network.build_network(c),
+                                                                    c.mixed_precision)
+                return network.build_network(c).build_with_dummy_input()
+            self.evaluator.attach(build_eval_copy, self.detector)
 
     # ------------------------------------------------------------------ data
     def load_train_data(self):
@@ -186,6 +365,7 @@ class Trainer:
               + (f", {task_type} {task_id}{' (chief)' if self.chief else ''}" if distribute.cluster_size() else "")
               + f"), output {self.output_dir}", flush=True)
         t0, last = time.time(), {}
+        eval_seconds, final_eval = 0.0, None
         step = start
         try:
             for step in range(start + 1, self.total_steps + 1):
@@ -197,13 +377,17 @@ class Trainer:
                 lr = float(self.schedule(step - 1))
                 # every loss the stages return, after the total
                 progress.update(step, loss=last["total"], **{k: v for k, v in last.items() if k != "total"}, lr=lr)
-                if step % self.summary_every == 0 or step == self.total_steps:
+                if (self.summary_every and step % self.summary_every == 0) or step == self.total_steps:
                     with writer.as_default(step=step):
                         for k, v in last.items():
                             tf.summary.scalar(f"loss/{k}", v)
                         tf.summary.scalar("learning_rate", lr)
                 if step % self.checkpoint_every == 0 and step != self.total_steps:
                     self.checkpoints.save(step)
+                if self.eval_every and step % self.eval_every == 0 and step != self.total_steps:
+                    _, seconds = self._evaluate(step, writer)
+                    eval_seconds += seconds
+                    progress.start_time += seconds  # the step rate and ETA count training time only
         except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError,
                 tf.errors.AbortedError) as e:
             if self.replicas == 1 and not distribute.cluster_size():
@@ -218,10 +402,37 @@ class Trainer:
             print(f"precise BN: statistics of {n} BN layers recomputed over {c.precise_bn_batches} batches "
                   f"in {time.time() - t1:.0f} s", flush=True)
         path = self.checkpoints.save(step)
+        if self.eval_every:  # the weights of the final checkpoint
+            final_eval, seconds = self._evaluate(step, writer)
+            eval_seconds += seconds
         writer.flush()
         seconds = time.time() - t0
         fingerprint = distribute.model_fingerprint(self.detector)
         print(f"trained {step - start} steps in {seconds:.0f} s "
-              f"({(step - start) * self.global_batch / max(seconds, 1e-9):.2f} img/s); checkpoint {path}; "
-              f"model fingerprint {fingerprint}", flush=True)
-        return {"steps": step, "checkpoint": path, "losses": last, "seconds": seconds, "fingerprint": fingerprint}
+              f"({(step - start) * self.global_batch / max(seconds - eval_seconds, 1e-9):.2f} img/s"
+              + (f"; evaluations {eval_seconds:.0f} s" if self.eval_every else "")
+              + f"); checkpoint {path}; model fingerprint {fingerprint}", flush=True)
+        result = {"steps": step, "checkpoint": path, "losses": last, "seconds": seconds, "fingerprint": fingerprint}
+        if self.eval_every:
+            result["eval"] = final_eval
+        return result
+
+    def _evaluate(self, step, writer):
+        """Evaluates the current weights (TrainingEvaluator; every worker calls it), writes the
+        summaries and prints one line on the chief. Returns (the metrics: the 12 statistics by
+        name plus step, images, seconds; None except on the chief), seconds it took)."""
+        t = time.time()
+        out = self.evaluator.evaluate(self.detector)
+        if out is None:
+            return None, time.time() - t
+        stats, drawn, speed = out
+        with writer.as_default(step=step):
+            for name in coco_eval.STAT_NAMES:
+                tf.summary.scalar(f"eval/{name}", stats[name])
+            if drawn is not None:
+                tf.summary.image("eval/detections", drawn, max_outputs=len(drawn))
+        writer.flush()
+        seconds = time.time() - t
+        print(f"eval at step {step}: AP {stats['AP']:.3f}  AP50 {stats['AP50']:.3f}  ({speed['images']} images of "
+              f"{self.evaluator.annotations}, {seconds:.1f} s)", flush=True)
+        return {**stats, "step": step, "images": speed["images"], "seconds": seconds}, seconds
