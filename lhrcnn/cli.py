@@ -605,6 +605,32 @@ def _op_kernel_devices():
     return {n: sorted({k.device_type for k in kernels.get_registered_kernels_for_op(n).kernel}) for n in names}
 
 
+def _ops_build_info(ops):
+    """lhrcnn.ops.build_info() when the ops module has it, else the same keys from what it does
+    have (custom_ops_available, custom_ops_load_error) and the build record _lhrcnn_ops.json."""
+    if callable(getattr(ops, "build_info", None)):
+        return ops.build_info()
+    import tensorflow as tf
+    path = os.path.join(os.path.dirname(ops.library_path()), "_lhrcnn_ops.json")
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except FileNotFoundError:
+        record = None
+    except (OSError, ValueError) as e:
+        record = {"built": None, "error": f"unreadable build record {path}: {e}"}
+    record_ = record or {}
+    loaded = ops.custom_ops_available()
+    return {"loaded": loaded, "load_error": ops.custom_ops_load_error(), "library": ops.library_path(),
+            "record": path if record is not None else None, "built": record_.get("built"),
+            "build_error": record_.get("error"), "tensorflow_built": record_.get("tensorflow"),
+            "tensorflow_runtime": tf.__version__,
+            "version_match": record_.get("tensorflow") == tf.__version__ if record_.get("tensorflow") else None,
+            "cuda": bool(record_.get("cuda")), "cuda_version": record_.get("cuda_version"),
+            "cuda_archs": list(record_.get("archs") or []), "tensorflow_runtime_cuda": tf.test.is_built_with_cuda(),
+            "backend": os.environ.get("LHRCNN_OPS", "").strip() or ("custom" if loaded else "tf")}
+
+
 def run_info(args):
     import numpy as np
 
@@ -613,37 +639,34 @@ def run_info(args):
              f"python      {platform.python_version()} ({sys.executable})",
              f"numpy       {np.__version__}"]
     import tensorflow as tf
-    lines.append(f"tensorflow  {tf.__version__}")
+    lines.append(f"tensorflow  {tf.__version__}" + (" (built with CUDA)" if tf.test.is_built_with_cuda() else ""))
     gpus = tf.config.list_physical_devices("GPU")
     lines.append(f"gpus        {len(gpus)} visible" + (f" ({', '.join(g.name for g in gpus)})" if gpus else ""))
     from lhrcnn import ops
-    build_info = getattr(ops, "build_info", None)
-    if callable(build_info):
-        info = build_info()
-        lines.append("build       " + (", ".join(f"{k}={v}" for k, v in info.items()) if isinstance(info, dict)
-                                       else str(info)))
-    if ops.custom_ops_available():
-        lines.append(f"custom ops  loaded ({ops.library_path()})")
+    info = _ops_build_info(ops)
+    if info.get("loaded"):
+        lines.append(f"custom ops  loaded ({info.get('library')})")
         devices = _op_kernel_devices()
         for device in ("CPU", "GPU"):
             with_kernel = [n for n, d in devices.items() if device in d]
             lines.append(f"  {device} kernels  {len(with_kernel)} of {len(devices)} ops"
                          + (f" ({', '.join(with_kernel)})" if with_kernel else ""))
     else:
-        lines.append(f"custom ops  not loaded: {ops.custom_ops_load_error()} (the ops' pure-TF twins are used)")
-    manifest = os.path.join(os.path.dirname(ops.library_path()), "_lhrcnn_ops.json")
-    if os.path.isfile(manifest):
-        try:
-            with open(manifest) as f:
-                built = json.load(f)
-            archs = built.get("archs") or []
-            cuda = (f"CUDA {built.get('cuda_version')}, archs {', '.join(archs)}" if built.get("cuda")
-                    else "no CUDA (CPU kernels only)")
-            lines.append(f"ops build   {cuda}; built against TensorFlow {built.get('tensorflow')}")
-        except (OSError, ValueError, AttributeError) as e:
-            lines.append(f"ops build   {manifest} is unreadable ({e})")
+        lines.append(f"custom ops  not loaded: {info.get('load_error')} (the ops' pure-TF twins are used)")
+    if info.get("record") is None and info.get("build_error") is None:
+        lines.append("ops build   no build record (lhrcnn/_lhrcnn_ops.json)")
+    elif info.get("built") is False:
+        lines.append(f"ops build   failed: {info.get('build_error')}")
+    elif info.get("build_error"):
+        lines.append(f"ops build   {info.get('build_error')}")
     else:
-        lines.append(f"ops build   no {manifest}")
+        archs = info.get("cuda_archs") or []
+        cuda = (f"CUDA {info.get('cuda_version')}, archs {', '.join(archs)}" if info.get("cuda")
+                else "no CUDA kernels (CPU only)")
+        match = ("" if info.get("version_match") is not False
+                 else f" (running {info.get('tensorflow_runtime')}: rebuild the ops)")
+        lines.append(f"ops build   {cuda}; built against TensorFlow {info.get('tensorflow_built')}{match}")
+    lines.append(f"ops backend {info.get('backend')} (what the ops use by default; LHRCNN_OPS=tf|custom sets it)")
     experiments = find_experiments(args.experiments)
     lines.append(f"experiments {len(experiments)} in {os.path.abspath(args.experiments)}"
                  + ("" if experiments or os.path.isdir(args.experiments) else " (no such folder)"))
