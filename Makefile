@@ -4,13 +4,14 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 DEPS_STAMP := $(VENV)/.deps-stamp
+PKG_STAMP := $(VENV)/.lhrcnn-stamp
 OPS_LIB := lhrcnn/_lhrcnn_ops.so
 OPS_SOURCES := $(wildcard ops/kernels/*.h ops/kernels/*.cc)
 PYTEST_ARGS ?=
 
 .PHONY: install ops test demo bench clean
 
-install: $(DEPS_STAMP) ops
+install: $(PKG_STAMP) ops
 
 $(DEPS_STAMP): requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,8 +20,15 @@ $(DEPS_STAMP): requirements.lock
 	$(PY) -c "import site, os; open(os.path.join(site.getsitepackages()[0], 'lhrcnn-repo.pth'), 'w').write(os.getcwd() + '\n')"
 	@touch $@
 
+# lhrcnn itself as an editable install (its metadata and the `lhrcnn` command), redone only when the
+# packaging changes. pip runs setup.py's build_ext step, i.e. the same op build as `ops` below, against
+# the venv's TensorFlow (--no-build-isolation); LHRCNN_REQUIRE_OPS=1 makes a failed op build an error.
+$(PKG_STAMP): $(DEPS_STAMP) pyproject.toml setup.py
+	LHRCNN_REQUIRE_OPS=1 $(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $@
+
 # setup.py itself decides what is stale (sources, headers, flags); this rule only gates the call.
-ops: $(DEPS_STAMP)
+ops: $(PKG_STAMP)
 	@$(PY) setup.py -q build_ops
 
 test: install
@@ -33,4 +41,4 @@ bench: install
 	$(PY) scripts/benchmark.py
 
 clean:
-	rm -rf build $(OPS_LIB) lhrcnn/_lhrcnn_ops.json
+	rm -rf build dist $(OPS_LIB) lhrcnn/_lhrcnn_ops.json lhrcnn.egg-info

@@ -1,41 +1,77 @@
-"""Packaging of lhrcnn, and the build of its custom ops.
+"""The build of lhrcnn's custom ops, and its hooks into setuptools (pyproject.toml holds the metadata).
 
-`python setup.py build_ops` compiles ops/kernels/ into lhrcnn/_lhrcnn_ops.so with the installed
-TensorFlow's compile and link flags (tf.sysconfig). CUDA kernels are compiled and linked in
-when a CUDA toolkit is found (LHRCNN_CUDA=0|1 forces the choice; LHRCNN_NVCC or CUDA_HOME name
-the compiler; LHRCNN_CUDA_ARCHS="75,80,..." overrides the architectures). Objects are cached
-under build/ops/ and rebuilt only when a source, a header or the flags change; the library is
-written atomically. lhrcnn/_lhrcnn_ops.json records how it was built.
+Two entry points run the same build (`build_ops` below):
+
+* `pip install .`, `pip wheel .`, `pip install -e .`: setuptools' build_ext step is `BuildOpsExt`,
+  which compiles ops/kernels/ and writes `_lhrcnn_ops.so` and its build record `_lhrcnn_ops.json`
+  into the built package (into lhrcnn/ itself for an editable install). The distribution declares
+  a compiled part, so wheels are platform-tagged. When the build fails (no compiler, no
+  TensorFlow, a compile error) the installation still succeeds without the library: the record
+  says why, and lhrcnn.ops then uses its pure-TF twins. LHRCNN_REQUIRE_OPS=1 turns such a failure
+  into a failed installation.
+* `python setup.py build_ops` (what `make install` runs): the same build into lhrcnn/ in place;
+  a failure exits with status 1 and leaves the previous library and record as they were.
+
+TensorFlow: the build uses the compile and link flags (tf.sysconfig) of the TensorFlow that this
+interpreter imports; when that fails and PYTHONPATH or PYTHONNOUSERSITE is set (pip's build
+isolation sets both), it asks the same interpreter without them, i.e. the environment being
+installed into. So a plain `pip install .` into an environment that already has TensorFlow builds
+against that TensorFlow and downloads nothing; `--no-build-isolation` does the same explicitly.
+
+CUDA kernels are compiled and linked in when a CUDA toolkit is found (LHRCNN_CUDA=0|1 forces the
+choice; LHRCNN_NVCC or CUDA_HOME name the compiler; LHRCNN_CUDA_ARCHS="75,80,..." overrides the
+architectures). Objects are cached under build/ops/<hash of the flags>/ and rebuilt only when a
+source or a header changes; compiler commands use paths relative to this folder, so a copy of the
+checkout with its build/ops/ reuses the cache. The library and the record are written atomically.
 """
 import concurrent.futures
 import glob
 import hashlib
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
 import sys
 
 from setuptools import Command, find_packages, setup
+from setuptools.command.build_ext import build_ext
+from setuptools.dist import Distribution
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-KERNELS = os.path.join(ROOT, "ops", "kernels")
-BUILD_DIR = os.path.join(ROOT, "build", "ops")
-LIBRARY = os.path.join(ROOT, "lhrcnn", "_lhrcnn_ops.so")
+KERNELS = os.path.join("ops", "kernels")  # relative to ROOT, like every path in the commands
+CACHE_DIR = os.path.join("build", "ops")
+PACKAGE_DIR = os.path.join(ROOT, "lhrcnn")
+LIBRARY_NAME = "_lhrcnn_ops.so"
+RECORD_NAME = "_lhrcnn_ops.json"
 CPU_SOURCES = ["roi_pooling_cpu.cc", "nms_cpu.cc", "roi_align_ops.cc", "ps_roi_pool_ops.cc", "nms_ops.cc"]
 CUDA_SOURCES = ["roi_pooling.cu.cc", "nms.cu.cc"]
+FIX_HINT = "fix the cause, then `pip install --force-reinstall --no-deps .` or `make ops`"
+
+
+class BuildError(Exception):
+    """A reason the op library cannot be built: `reason` is one line, `detail` the tool output."""
+
+    def __init__(self, reason, detail=""):
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
 
 
 def _log(msg):
     print(f"[build_ops] {msg}", flush=True)
 
 
+def _abs(path):
+    return os.path.join(ROOT, path)
+
+
 def find_nvcc():
     """Returns the nvcc path to use, or None for a CPU-only build."""
     choice = os.environ.get("LHRCNN_CUDA", "").strip()
     if choice not in ("", "0", "1"):
-        raise SystemExit(f"LHRCNN_CUDA must be 0 or 1, got {choice!r}")
+        raise BuildError(f"LHRCNN_CUDA must be 0 or 1, got {choice!r}")
     if choice == "0":
         return None
     candidates = [os.environ.get("LHRCNN_NVCC")]
@@ -46,15 +82,15 @@ def find_nvcc():
         if c and os.path.isfile(c) and os.access(c, os.X_OK):
             return c
     if choice == "1":
-        raise SystemExit("LHRCNN_CUDA=1 but no nvcc was found (set LHRCNN_NVCC or CUDA_HOME)")
+        raise BuildError("LHRCNN_CUDA=1 but no nvcc was found (set LHRCNN_NVCC or CUDA_HOME)")
     return None
 
 
 def nvcc_version(nvcc):
-    out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
     m = re.search(r"release (\d+)\.(\d+)", out)
     if not m:
-        raise SystemExit(f"cannot read the CUDA version from `{nvcc} --version`:\n{out}")
+        raise BuildError(f"cannot read the CUDA version from `{nvcc} --version`", out)
     return int(m.group(1)), int(m.group(2))
 
 
@@ -66,7 +102,8 @@ def cuda_library_dir(nvcc):
     for d in dirs:
         if os.path.exists(os.path.join(d, "libcudart_static.a")):
             return os.path.realpath(d)
-    raise SystemExit(f"no libcudart_static.a next to {nvcc} (searched {dirs}); set LHRCNN_CUDA=0 to build without CUDA")
+    raise BuildError(f"no libcudart_static.a next to {nvcc} (searched {dirs}); set LHRCNN_CUDA=0 to build "
+                     "without CUDA")
 
 
 def cuda_archs(version):
@@ -81,31 +118,60 @@ def cuda_archs(version):
     return archs
 
 
+_TF_PROBE = ("import json, tensorflow as tf; print(json.dumps([tf.sysconfig.get_compile_flags(), "
+             "tf.sysconfig.get_link_flags(), tf.__version__, tf.sysconfig.get_lib()]))")
+
+
 def tf_flags():
-    code = ("import json, tensorflow as tf; print(json.dumps([tf.sysconfig.get_compile_flags(), "
-            "tf.sysconfig.get_link_flags(), tf.__version__]))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-    if out.returncode != 0:
-        raise SystemExit(f"cannot import tensorflow to read its build flags:\n{out.stderr}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    """(compile flags, link flags, version, package folder) of the TensorFlow to build against:
+    this interpreter's, else (under pip's build isolation) the one of its own environment."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    attempts = [env]
+    if "PYTHONPATH" in env or "PYTHONNOUSERSITE" in env:
+        attempts.append({k: v for k, v in env.items() if k not in ("PYTHONPATH", "PYTHONNOUSERSITE")})
+    errors = []
+    for attempt in attempts:
+        out = subprocess.run([sys.executable, "-c", _TF_PROBE], capture_output=True, text=True, env=attempt)
+        if out.returncode == 0:
+            return json.loads(out.stdout.strip().splitlines()[-1])
+        errors.append(out.stderr.strip())
+    last = errors[-1].splitlines()[-1] if errors[-1] else "no output"
+    raise BuildError(f"TensorFlow is not importable by {sys.executable} at build time ({last}); install "
+                     "tensorflow first", "\n\n".join(errors))
 
 
 def _run(cmd):
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    except OSError as e:  # the compiler itself is missing or not executable
+        raise BuildError(f"cannot run {cmd[0]}: {e.strerror}") from None
     if proc.returncode != 0:
-        raise RuntimeError(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
+        output = (proc.stdout + proc.stderr).strip()
+        first = next((line for line in output.splitlines() if "error" in line), output[:200]) or "no output"
+        raise BuildError(f"`{os.path.basename(cmd[0])}` failed (status {proc.returncode}): {first.strip()}",
+                         f"{' '.join(cmd)}\n{output}")
 
 
-def build_ops(verbose=True):
-    os.makedirs(BUILD_DIR, exist_ok=True)
-    compile_flags, link_flags, tf_version = tf_flags()
+def _compile(obj, cmd):
+    """Runs a compile command that writes obj + ".tmp", then renames it: an interrupted compile
+    never leaves a fresh-looking object behind."""
+    _run(cmd)
+    os.replace(_abs(obj + ".tmp"), _abs(obj))
+
+
+def _compile_and_link(library, info, verbose):
+    """Compiles the kernels (cached) and links `library`; fills `info` (the build record) as it
+    learns, so that a failure's record keeps what was known."""
+    compile_flags, link_flags, tf_version, tf_lib = tf_flags()
+    info.update(tensorflow=tf_version, tensorflow_lib=tf_lib)
     nvcc = find_nvcc()
     cxx = os.environ.get("CXX", "g++")
+    if not shutil.which(cxx):
+        raise BuildError(f"no C++ compiler: `{cxx}` is not on PATH (install g++ or set CXX)")
+    info["compiler"] = cxx
     cxxflags = ["-std=c++17", "-O3", "-fPIC", "-ffp-contract=off", "-Wno-deprecated-declarations", "-Wno-psabi",
                 f"-I{KERNELS}"] + compile_flags
-    info = {"tensorflow": tf_version, "cuda": False}
-    jobs = []  # (source, object, command)
+    jobs = []  # (source, object name, command without its output), paths relative to ROOT
     if nvcc:
         version = nvcc_version(nvcc)
         archs = cuda_archs(version)
@@ -116,54 +182,141 @@ def build_ops(verbose=True):
         gencode += ["-gencode", f"arch=compute_{max(archs)},code=compute_{max(archs)}"]
         nvflags = ["-std=c++17", "-O3", "-fmad=false", "-Xcompiler", "-fPIC", f"-I{KERNELS}", "-x", "cu"] + gencode
         for src in CUDA_SOURCES:
-            obj = os.path.join(BUILD_DIR, src.replace(".cu.cc", ".cu.o"))
-            jobs.append((src, obj, [nvcc] + nvflags + ["-c", os.path.join(KERNELS, src), "-o", obj]))
+            jobs.append((src, src.replace(".cu.cc", ".cu.o"), [nvcc] + nvflags + ["-c", os.path.join(KERNELS, src)]))
         link_flags = link_flags + [f"-L{cuda_library_dir(nvcc)}", "-lcudart_static", "-ldl", "-lrt",
                                    "-lpthread"]
         info.update(cuda=True, nvcc=nvcc, cuda_version="%d.%d" % version,
                     archs=[f"sm_{a}" for a in archs] + [f"compute_{max(archs)}"])
     for src in CPU_SOURCES:
-        obj = os.path.join(BUILD_DIR, src.replace(".cc", ".o"))
-        jobs.append((src, obj, [cxx] + cxxflags + ["-c", os.path.join(KERNELS, src), "-o", obj]))
+        jobs.append((src, src.replace(".cc", ".o"), [cxx] + cxxflags + ["-c", os.path.join(KERNELS, src)]))
 
-    headers = glob.glob(os.path.join(KERNELS, "*.h"))
-    newest_header = max(os.path.getmtime(h) for h in headers)
-    stamp_path = os.path.join(BUILD_DIR, "flags.json")
-    flags_key = hashlib.sha256(json.dumps([j[2] for j in jobs] + link_flags).encode()).hexdigest()
-    old_key = json.load(open(stamp_path)).get("key") if os.path.exists(stamp_path) else None
+    # One cache folder per set of flags: switching TensorFlow, compiler or CUDA back and forth
+    # reuses each set's objects, and a failed build never mixes objects of two sets.
+    key = hashlib.sha256(json.dumps([j[2] for j in jobs] + link_flags).encode()).hexdigest()[:16]
+    info["cache_key"] = key
+    cache = os.path.join(CACHE_DIR, key)
+    os.makedirs(_abs(cache), exist_ok=True)
+    newest_header = max(os.path.getmtime(h) for h in glob.glob(os.path.join(_abs(KERNELS), "*.h")))
 
     def stale(src, obj):
-        if old_key != flags_key or not os.path.exists(obj):
+        if not os.path.exists(_abs(obj)):
             return True
-        t = os.path.getmtime(obj)
-        return os.path.getmtime(os.path.join(KERNELS, src)) > t or newest_header > t
+        t = os.path.getmtime(_abs(obj))
+        return os.path.getmtime(_abs(os.path.join(KERNELS, src))) > t or newest_header > t
 
-    todo = [j for j in jobs if stale(j[0], j[1])]
+    objects = [os.path.join(cache, name) for _, name, _ in jobs]
+    todo = [(src, obj, cmd + ["-o", obj + ".tmp"]) for (src, _, cmd), obj in zip(jobs, objects) if stale(src, obj)]
     if todo:
         _log(f"compiling {len(todo)} file(s) with {os.cpu_count()} job(s)"
              + (f" (CUDA {info['cuda_version']}, {' '.join(info['archs'])})" if nvcc else " (CPU only)"))
         with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            futures = {pool.submit(_run, cmd): src for src, obj, cmd in todo}
+            futures = {pool.submit(_compile, obj, cmd): src for src, obj, cmd in todo}
             for f in concurrent.futures.as_completed(futures):
                 f.result()
                 _log(f"  compiled {futures[f]}")
-    objects = [j[1] for j in jobs]
-    if todo or not os.path.exists(LIBRARY) or old_key != flags_key or \
-            os.path.getmtime(LIBRARY) < max(os.path.getmtime(o) for o in objects):
-        tmp = LIBRARY + ".tmp"
-        _run([cxx, "-shared", "-o", tmp] + objects + link_flags)
-        os.replace(tmp, LIBRARY)
-        with open(LIBRARY.replace(".so", ".json") + ".tmp", "w") as f:
-            json.dump(info, f, indent=1)
-        os.replace(LIBRARY.replace(".so", ".json") + ".tmp", LIBRARY.replace(".so", ".json"))
-        _log(f"linked {os.path.relpath(LIBRARY, ROOT)}")
+    linked_key = _read_record(os.path.join(os.path.dirname(library), RECORD_NAME)).get("cache_key")
+    if todo or not os.path.exists(library) or linked_key != key or \
+            os.path.getmtime(library) < max(os.path.getmtime(_abs(o)) for o in objects):
+        os.makedirs(os.path.dirname(library), exist_ok=True)
+        tmp = library + ".tmp"
+        try:
+            _run([cxx, "-shared", "-o", tmp] + objects + link_flags)
+            os.replace(tmp, library)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        _log(f"linked {os.path.relpath(library, ROOT) if library.startswith(ROOT) else library}")
     elif verbose:
         _log("up to date")
-    with open(stamp_path, "w") as f:
-        json.dump({"key": flags_key}, f)
+    info.update(built=True, error=None)
+
+
+def _read_record(path):
+    """The build record at `path`, or {} when there is none (or it is unreadable)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_record(path, record):
+    """Writes the build record atomically, and only when its content changes."""
+    text = json.dumps(record, indent=1, sort_keys=True) + "\n"
+    try:
+        with open(path) as f:
+            if f.read() == text:
+                return
+    except OSError:
+        pass
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def build_ops(dest_dir=PACKAGE_DIR, required=True, verbose=True):
+    """Builds `dest_dir`/_lhrcnn_ops.so and writes `dest_dir`/_lhrcnn_ops.json; returns the record.
+
+    The record holds: built (bool), error (one line, or None), error_detail (the failing tool's
+    output), tensorflow (the version built against, when known), tensorflow_lib, compiler, cuda,
+    and with CUDA nvcc, cuda_version and archs; python and platform.
+
+    With `required`, a failure raises SystemExit (status 1) and leaves both files untouched.
+    Without it, a failure removes a previous library from `dest_dir` (it would not match this
+    build's TensorFlow), records the reason and returns normally.
+    """
+    library = os.path.join(dest_dir, LIBRARY_NAME)
+    record_path = os.path.join(dest_dir, RECORD_NAME)
+    info = {"built": False, "error": None, "tensorflow": None, "cuda": False,
+            "python": platform.python_version(), "platform": f"{sys.platform}-{platform.machine()}"}
+    try:
+        _compile_and_link(library, info, verbose)
+    except BuildError as e:
+        if required:
+            detail = e.detail[-4000:] if e.detail else ""
+            raise SystemExit(f"[build_ops] error: {e.reason}\n{detail}".rstrip()) from None
+        info.update(built=False, error=e.reason, error_detail=e.detail[-4000:] if e.detail else None)
+        if os.path.exists(library):
+            os.remove(library)
+        _log(f"warning: the custom ops were not built: {e.reason}")
+        _log(f"warning: lhrcnn will use its pure-TF twins; {FIX_HINT}")
+    _write_record(record_path, info)
+    return info
+
+
+class BuildOpsExt(build_ext):
+    """setuptools' build_ext step for lhrcnn: builds the op library instead of Extension objects.
+
+    Regular builds (wheel, install) write into build_lib/lhrcnn/, which the wheel packs; an
+    editable install or `build_ext --inplace` writes into lhrcnn/ in the source tree. A failure
+    is recorded and tolerated unless LHRCNN_REQUIRE_OPS=1.
+    """
+
+    def _dest_dir(self):
+        return PACKAGE_DIR if self.inplace else os.path.join(os.path.abspath(self.build_lib), "lhrcnn")
+
+    def run(self):
+        required = os.environ.get("LHRCNN_REQUIRE_OPS", "").strip() == "1"
+        build_ops(self._dest_dir(), required=required)
+
+    def get_outputs(self):
+        if self.inplace:
+            return []
+        dest = self._dest_dir()
+        return [os.path.join(dest, name) for name in (LIBRARY_NAME, RECORD_NAME)
+                if os.path.exists(os.path.join(dest, name))]
+
+    def get_output_mapping(self):
+        return {}
+
+    def get_source_files(self):
+        return [os.path.join(KERNELS, f) for f in sorted(os.listdir(_abs(KERNELS)))]
 
 
 class BuildOps(Command):
+    """`python setup.py build_ops`: the op build into lhrcnn/ in place; a failure is an error."""
+
     description = "compile the custom TensorFlow ops into lhrcnn/_lhrcnn_ops.so"
     user_options = []
 
@@ -174,18 +327,32 @@ class BuildOps(Command):
         pass
 
     def run(self):
-        build_ops()
+        build_ops(PACKAGE_DIR, required=True)
+
+
+class BinaryDistribution(Distribution):
+    """A distribution with a compiled part: its wheel gets a platform tag and installs to platlib."""
+
+    def has_ext_modules(self):
+        return True
+
+
+def _version():
+    """lhrcnn.__version__, read from lhrcnn/__init__.py without importing the package."""
+    with open(os.path.join(PACKAGE_DIR, "__init__.py")) as f:
+        m = re.search(r"^__version__ = [\"']([^\"']+)[\"']", f.read(), re.M)
+    if not m:
+        raise SystemExit("lhrcnn/__init__.py has no __version__ = '...' line")
+    return m.group(1)
 
 
 if __name__ == "__main__":
     setup(
-        name="lhrcnn",
-        version="0.1.0",
-        description="Light-Head R-CNN and related two-stage detectors for TensorFlow 2 / Keras",
+        version=_version(),
         packages=find_packages(include=["lhrcnn", "lhrcnn.*"]),
-        package_data={"lhrcnn": ["_lhrcnn_ops.so", "_lhrcnn_ops.json"]},
-        python_requires=">=3.10",
-        install_requires=["tensorflow>=2.20,<2.22", "tf-keras>=2.20,<2.22", "numpy", "pycocotools>=2.0.11",
-                          "absl-py"],
-        cmdclass={"build_ops": BuildOps},
+        # The op library and its record reach the package through BuildOpsExt only: a copy left
+        # in lhrcnn/ by an in-place build (`make ops`) may belong to another TensorFlow.
+        include_package_data=False,
+        distclass=BinaryDistribution,
+        cmdclass={"build_ext": BuildOpsExt, "build_ops": BuildOps},
     )
