@@ -6,6 +6,12 @@ LHRCNN_OPS=tf|custom overrides that default. The twins use stock TensorFlow ops 
 SavedModel built on them runs on a stock TF Serving; they compute the same functions as the
 compiled ops (to float32 rounding), forward and backward.
 
+The build (setup.py) writes lhrcnn/_lhrcnn_ops.json next to the library: the TensorFlow it was
+built against, CUDA, or why the build failed. At import the recorded TensorFlow version is
+compared with the running one; on a difference one warning line names both and the rebuild
+command, and a library of another major.minor release is not loaded (the twins run instead).
+build_info() returns all of it.
+
 Conventions: features are NHWC float32 [B, H, W, C]; RoIs are [R, 5] float32 =
 (batch_index, x1, y1, x2, y2) in input-image pixels; position-sensitive ops read input channel
 c = (k * G + ph) * G + pw for output (ph, pw, k).
@@ -14,30 +20,78 @@ Difference from the original kernels (docs/original.md#ps-roi-align): when a sam
 exact integer the original added the same pixel twice (value x2, x4 at integer x and y); here
 every sample is plain bilinear interpolation on the map zero-padded by one pixel.
 """
+import json
 import logging
 import math
 import os
+import sys
 
 import numpy as np
 import tensorflow as tf
 
-_LIBRARY_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_lhrcnn_ops.so")
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_LIBRARY_PATH = os.path.join(_PACKAGE_DIR, "_lhrcnn_ops.so")
+_RECORD_PATH = os.path.join(_PACKAGE_DIR, "_lhrcnn_ops.json")  # written by setup.py's build_ops
+REBUILD_HINT = ("rebuild the ops: `pip install --force-reinstall --no-deps .` from the source checkout, "
+                "or `make ops` in it")
 _library = None
 _load_error = None
 _warned = False
 
 
+def build_record():
+    """The build record setup.py wrote next to the library (a dict: built, error, tensorflow,
+    cuda, archs, ...), or None when there is none (a library built another way, or no build)."""
+    try:
+        with open(_RECORD_PATH) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        return {"built": None, "error": f"unreadable build record {_RECORD_PATH}: {e}"}
+
+
+def _major_minor(version):
+    return tuple(version.split(".")[:2])
+
+
+def _version_mismatch():
+    """A one-line message when the record says the library was built against another
+    TensorFlow than the running one, else None."""
+    record = build_record() or {}
+    built_with = record.get("tensorflow")
+    if not record.get("built") or not built_with or built_with == tf.__version__:
+        return None
+    return (f"lhrcnn: the custom ops in {_LIBRARY_PATH} were built against TensorFlow {built_with} but "
+            f"TensorFlow {tf.__version__} is running; {REBUILD_HINT}")
+
+
+# Checked at import, so that a TensorFlow upgrade under an installed lhrcnn is reported at once.
+_MISMATCH = _version_mismatch()
+if _MISMATCH:
+    print(f"WARNING: {_MISMATCH}", file=sys.stderr, flush=True)
+
+
 def _load_library():
+    """Loads the op library once; on failure keeps the reason in _load_error and returns None.
+    A library built against another TensorFlow major.minor is not loaded: its ABI differs."""
     global _library, _load_error
     if _library is not None or _load_error is not None:
         return _library
+    record = build_record() or {}
     if not os.path.exists(_LIBRARY_PATH):
-        _load_error = f"{_LIBRARY_PATH} does not exist (run `make install` to build the ops)"
+        if record.get("built") is False and record.get("error"):
+            _load_error = f"the custom ops were not built when lhrcnn was installed: {record['error']}; {REBUILD_HINT}"
+        else:
+            _load_error = f"{_LIBRARY_PATH} does not exist; {REBUILD_HINT}"
+        return None
+    if _MISMATCH and _major_minor(record["tensorflow"]) != _major_minor(tf.__version__):
+        _load_error = f"{_MISMATCH} (the library was not loaded)"
         return None
     try:
         _library = tf.load_op_library(_LIBRARY_PATH)
     except (tf.errors.NotFoundError, OSError) as e:  # ABI mismatch, missing symbols
-        _load_error = f"{_LIBRARY_PATH} failed to load: {e}"
+        _load_error = f"{_LIBRARY_PATH} failed to load: {e}" + (f" ({_MISMATCH})" if _MISMATCH else "")
     return _library
 
 
@@ -63,6 +117,43 @@ def custom_ops_load_error():
     """Why the compiled library is not available, or None."""
     _load_library()
     return _load_error
+
+
+def build_info():
+    """How the compiled ops were built and whether they run here (what `lhrcnn info` reports).
+
+    Returns a dict: loaded (bool), load_error (str or None), library (path), record (path),
+    built (bool from the build record; None without one), build_error (the recorded reason a
+    build failed), tensorflow_built (the version the library was built against),
+    tensorflow_runtime (tf.__version__), version_match (bool; None when unknown), cuda (CUDA
+    kernels compiled in), cuda_version, cuda_archs (list), tensorflow_runtime_cuda (the running
+    TensorFlow has CUDA support) and backend (what the ops use when called with backend=None:
+    "custom" or "tf", or an error message when LHRCNN_OPS is invalid).
+    """
+    record = build_record()
+    loaded = custom_ops_available()
+    built_with = (record or {}).get("tensorflow")
+    env = os.environ.get("LHRCNN_OPS", "").strip()
+    if env:
+        backend = env if env in ("tf", "custom") else f"invalid LHRCNN_OPS={env!r}"
+    else:
+        backend = "custom" if loaded else "tf"
+    return {
+        "loaded": loaded,
+        "load_error": _load_error,
+        "library": _LIBRARY_PATH,
+        "record": _RECORD_PATH if record is not None else None,
+        "built": (record or {}).get("built"),
+        "build_error": (record or {}).get("error"),
+        "tensorflow_built": built_with,
+        "tensorflow_runtime": tf.__version__,
+        "version_match": None if not built_with else built_with == tf.__version__,
+        "cuda": bool((record or {}).get("cuda")),
+        "cuda_version": (record or {}).get("cuda_version"),
+        "cuda_archs": list((record or {}).get("archs") or []),
+        "tensorflow_runtime_cuda": tf.test.is_built_with_cuda(),
+        "backend": backend,
+    }
 
 
 def resolve_backend(backend=None):
