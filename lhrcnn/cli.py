@@ -21,12 +21,13 @@ scripts/*.py define the same flags as absl flags (define_absl_flags) and run the
 (absl_main). A failure the user can fix is one line on stderr, `error: ...`, naming what is wrong
 and how to fix it, with exit status 2 for a usage mistake (a flag) and 1 for any other (a missing
 file, a config that does not load); such checks run before TensorFlow is imported where they can.
-TensorFlow's C++ start-up logs are silenced (TF_CPP_MIN_LOG_LEVEL=3, unless the environment sets it)
-unless --verbose.
+TensorFlow's C++ start-up logs are silenced (TF_CPP_MIN_LOG_LEVEL=3 when the environment does not
+set a level); --verbose shows them, and every library's INFO messages.
 """
 import argparse
 import ast
 import dataclasses
+import io
 import json
 import logging
 import os
@@ -294,8 +295,6 @@ def _predict(args, *, overrides, default_output, score_threshold):
         raise UserError(str(e)) from None
     output = args.output or default_output
     os.makedirs(output, exist_ok=True)
-    import io
-
     from PIL import Image
     for path, name, image in zip(args.images, output_names(args.images), images):
         detections = predictor(image)
