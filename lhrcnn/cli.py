@@ -152,7 +152,8 @@ def run_train(args):
     overrides = parse_overrides(args.set)
     _load_config(args.experiment, overrides)
     _require_checkpoint(args.init_checkpoint, "--init-checkpoint")
-    for flag, value in (("--eval-annotations", args.eval_annotations), ("--eval-images", args.eval_images)):
+    for flag, value in (("--eval-annotations", args.eval_annotations), ("--eval-images", args.eval_images),
+                        ("--eval-images-to-draw", args.eval_images_to_draw)):
         if value is not None and args.eval_every == 0:
             raise UsageError(f"{flag} is used by the periodic evaluation only: add --eval-every N (steps)")
     if args.eval_annotations is not None and not os.path.isfile(args.eval_annotations):
@@ -182,7 +183,9 @@ def run_train(args):
     for name, flag, value, unset in (("summary_every", "--summary-every", args.summary_every, None),
                                      ("eval_every", "--eval-every", args.eval_every, 0),
                                      ("eval_annotations", "--eval-annotations", args.eval_annotations, None),
-                                     ("eval_images", "--eval-images", args.eval_images, None)):
+                                     ("eval_images", "--eval-images", args.eval_images, None),
+                                     ("eval_images_to_draw", "--eval-images-to-draw", args.eval_images_to_draw,
+                                      None)):
         if value == unset:
             continue
         if not _accepted(trainer_class, name):
@@ -702,14 +705,16 @@ detector), mapped through the name tables of lhrcnn/convert/tf1.py.""", (
         Flag("output", "string", None, "Output folder (default: output/<user>/<experiment>)."),
         Flag("checkpoint_every", "integer", 500, "Steps between checkpoints.", lower_bound=1),
         Flag("log_every", "float", 10.0, "Seconds between progress lines."),
-        Flag("summary_every", "integer", None, "Steps between TensorBoard summaries (default: the trainer's, 20).",
-             lower_bound=1),
+        Flag("summary_every", "integer", None, "Steps between TensorBoard loss summaries, and one at the last "
+             "step (0 = the last step only; default: the trainer's, 20).", lower_bound=0),
         Flag("eval_every", "integer", 0, "Steps between evaluations on the eval set, and one after the last step "
              "(0 = off).", lower_bound=0),
         Flag("eval_annotations", "string", None, "COCO json of the periodic evaluation (default: the config's "
              "eval_annotations)."),
         Flag("eval_images", "string", None, "Image folder of the periodic evaluation (default: the config's "
              "eval_images)."),
+        Flag("eval_images_to_draw", "integer", None, "Eval images drawn with their detections into each "
+             "evaluation's TensorBoard image summary (default: the trainer's, 4).", lower_bound=0),
         Flag("strategy", "enum", "auto", "tf.distribute strategy (auto: multi_worker with a TF_CONFIG cluster, "
              "mirrored with several GPUs, else one device).", choices=("auto", "one_device", "mirrored",
                                                                        "multi_worker")),

@@ -3,14 +3,16 @@
   python scripts/train.py --experiment DIR [--init-checkpoint PATH] [--steps N] [--output DIR]
                           [--checkpoint-every 500 (steps)] [--log-every 10 (seconds)]
                           [--summary-every N (steps)] [--eval-every N (steps; 0 = off)]
-                          [--eval-annotations FILE] [--eval-images DIR]
+                          [--eval-annotations FILE] [--eval-images DIR] [--eval-images-to-draw 4]
                           [--strategy auto|one_device|mirrored|multi_worker] [--num-gpus N]
                           [--cpu-replicas N] [--communication auto|ring|nccl]
                           [--set FIELD=VALUE ...] [--verbose]
 
 Outputs go to output/<user>/<experiment>/ (or --output): model_dump/ (checkpoints),
 tensorboard/. A restart resumes from the latest checkpoint in model_dump/ (same step, learning rate
-and data position). --set overrides config fields (Python literals, else strings).
+and data position). --eval-every N evaluates on the eval set (the config's, or --eval-annotations
+and --eval-images) every N steps and after the last one. --set overrides config fields (Python
+literals, else strings).
 
 --strategy: `auto` (default) trains multi-worker when TF_CONFIG names a cluster, mirrored when
 several GPUs are visible, on one device otherwise. Each replica takes `train_batch_per_gpu` images
