@@ -89,11 +89,10 @@ class TwoStageDetector(keras.Model):
 def build_detector(experiment_dir, **config_overrides):
     """The experiment's detector with freshly initialised weights (variables created)."""
     config = load_config(experiment_dir, **config_overrides)
-    network = load_network_module(experiment_dir)
-    if not hasattr(network, "build_network"):
+    build_network = vars(load_network_module(experiment_dir)).get("build_network")
+    if build_network is None:
         raise ValueError(f"{experiment_dir}/network_desp.py must define build_network(config)")
-    detector = network.build_network(config)
-    return detector.build_with_dummy_input()
+    return build_network(config).build_with_dummy_input()
 
 
 # Checkpoints written before the stages owned their parts hold the same variables under other

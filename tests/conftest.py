@@ -1,9 +1,13 @@
-"""Test configuration: quiet TensorFlow, deterministic hypothesis, shared fixtures."""
+"""Test configuration: quiet TensorFlow, deterministic hypothesis, shared fixtures. The tests mirror
+the package (tests/<subpackage>/ for lhrcnn/<subpackage>/); helpers live in tests/support/."""
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # reference_ops
+# tests/support/ holds the helpers (NumPy references, fixtures, servers) the tests import by name;
+# tests/ itself, for the few helpers a test module shares with others (test_end_to_end's).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "support"))
 
 import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402

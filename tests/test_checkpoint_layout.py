@@ -1,5 +1,5 @@
 """Checkpoints of the earlier object layout (the neck as `pre_rpn_neck`, the R-CNN stage as
-`roi_head` with `head` and `neck`) still load: tests/data/legacy_checkpoint_keys/ holds the keys
+`roi_head` with `head` and `neck`) still load: tests/support/legacy_checkpoint_keys/ holds the keys
 of checkpoints that the earlier code wrote for each synthetic experiment, and `legacy_view`
 must reproduce them exactly, then carry their values into the current detector."""
 import json
@@ -12,7 +12,7 @@ import tensorflow as tf
 from lhrcnn.detector import build_detector, legacy_view, load_detector, uses_legacy_layout
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KEYS = os.path.join(ROOT, "tests/data/legacy_checkpoint_keys")
+KEYS = os.path.join(ROOT, "tests/support/legacy_checkpoint_keys")
 SYNTHETIC = ("light_head_rcnn.xception_star.synthetic", "thundernet.snet146.synthetic", "detnet59.fpn.synthetic",
              "double_head.r50_fpn.synthetic")
 

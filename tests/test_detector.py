@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from batches import tiny_batch as _tiny_batch  # noqa: E402  (tests/support/ is on sys.path)
 from lhrcnn.detector import build_detector, count_parameters, load_detector
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,22 +74,6 @@ def test_parts_are_callable_alone(ps_align):
         assert np.all(boxes[b, :n[b]] >= 0) and np.all(boxes[b, :n[b], 0::2] <= 47) and np.all(boxes[b, :n[b], 1::2] <= 31)
 
 
-def _tiny_batch(seed=0, size=128):
-    rng = np.random.default_rng(seed)
-    images = rng.normal(0, 20, (2, size, size, 3)).astype(np.float32)
-    gt = np.zeros((2, 4, 4), np.float32)
-    classes = np.zeros((2, 4), np.int32)
-    for b in range(2):
-        for j in range(3):
-            x, y = rng.uniform(0, size - 48, 2)
-            w, h = rng.uniform(20, 45, 2)
-            gt[b, j] = [x, y, x + w, y + h]
-            classes[b, j] = j + 1
-            images[b, int(y):int(y + h), int(x):int(x + w), j] += 120
-    return {"images": tf.constant(images), "image_info": tf.constant([[size, size, 1, size, size]] * 2, tf.float32),
-            "gt_boxes": tf.constant(gt), "gt_classes": tf.constant(classes)}
-
-
 def test_training_steps_lower_the_loss():
     tf.keras.utils.set_random_seed(1)  # weights and target sampling independent of test order
     detector = build_detector(SYNTHETIC, train_rpn_pre_nms_top_n=600, train_rpn_post_nms_top_n=64, ohem_top_k=32)
@@ -139,7 +124,7 @@ def test_checkpoint_round_trip(tmp_path):
     loaded = load_detector(SYNTHETIC, checkpoint=prefix)
     for a, b in zip(detector.variables, loaded.variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(FileNotFoundError, match="missing does not exist"):  # names the path
         load_detector(SYNTHETIC, checkpoint=str(tmp_path / "missing"))
     # A checkpoint of another model must not load silently into random weights.
     other = tf.train.Checkpoint(model=build_detector(RFCN)).write(str(tmp_path / "rfcn"))

@@ -30,7 +30,7 @@ and by the layer names the library sets explicitly, never by Keras' generated su
 `biases` -> `bias`.) The head rows come from the built parts' `tf1_layer_names()`. No tensor needs a permutation: lhrcnn keeps the original's NHWC layout, HWIO
 kernels, `[in, out]` fully connected weights, the RPN's (anchor, 2 | 4) channel order, the
 position-sensitive channel order `(k·G + ph)·G + pw` and the (ph, pw, k) flatten order in
-front of `ps_fc_1`, so every tensor copies unchanged (tests/test_convert_tf1.py shows that the
+front of `ps_fc_1`, so every tensor copies unchanged (tests/convert/test_convert_tf1.py shows that the
 converted detector reproduces the TF1 graph, and that a permuted `ps_fc_1` does not).
 
 Conversion is strict: every variable of the target (the detector, or its backbone for an

@@ -2,7 +2,7 @@
 """Checks the framework-free kernels of ops/kernels/ against the NumPy reference, without TensorFlow.
 
 Loads libharness.so (built by build.sh) with ctypes and runs random cases through the CUDA
-launchers and the CPU kernels: forward against tests/reference_ops.py (rtol 1e-5, atol 1e-5),
+launchers and the CPU kernels: forward against tests/support/reference_ops.py (rtol 1e-5, atol 1e-5),
 backward against it (atol 1e-4 scaled by the gradient's magnitude), GPU forward against the CPU
 bit for bit (both are built without FMA contraction), NMS indices exactly, the validators' bad
 index and code, R = 0 / N = 0. Then it times the GPU kernels on the benchmark shapes.
@@ -32,7 +32,7 @@ from backends import (AlignSpec, CpuBackend, GpuBackend, NmsSpec, SetupError,  #
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
-DEFAULT_REFERENCE = os.path.join(REPO, "tests", "reference_ops.py")
+DEFAULT_REFERENCE = os.path.join(REPO, "tests", "support", "reference_ops.py")
 
 RTOL_FWD, ATOL_FWD = 1e-5, 1e-5
 RTOL_BWD, ATOL_BWD = 1e-5, 1e-4  # atol is multiplied by max(1, max |reference gradient|)
@@ -43,7 +43,7 @@ NMS_OK, NMS_BOX_NOT_FINITE, NMS_SCORE_NOT_FINITE = 0, 1, 2
 
 
 def load_reference(path):
-    """The reference module (tests/reference_ops.py or another file with the same API)."""
+    """The reference module (tests/support/reference_ops.py or another file with the same API)."""
     if not os.path.exists(path):
         raise SetupError(f"no NumPy reference at {path}")
     spec = importlib.util.spec_from_file_location("reference_ops", path)

@@ -26,12 +26,12 @@ from benchmarks.distribute_bench import free_ports
 from lhrcnn.train import distribute
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+ROOT = os.path.dirname(os.path.dirname(HERE))
 SYNTHETIC = os.path.join(ROOT, "experiments/lhrcnn/light_head_rcnn.xception_star.synthetic")
 
 
 def _equivalence(mode):
-    out = subprocess.run([sys.executable, os.path.join(HERE, "distributed_equivalence.py"), mode],
+    out = subprocess.run([sys.executable, os.path.join(HERE, "..", "support", "distributed_equivalence.py"), mode],
                          capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -199,7 +199,7 @@ def test_mixed_precision_backbone_with_float32_losses(tmp_path, policy):
 
 def test_xla_backbone_gives_the_same_step(tmp_path):
     # frozen BNs: with batch statistics this from-scratch backbone is chaotic in float32 (see
-    # tests/distributed_equivalence.py), so two compilations would not agree closely
+    # tests/support/distributed_equivalence.py), so two compilations would not agree closely
     frozen = dict(backbone_options={"freeze_bn": True}, thin_map_norm=None)
     plain, before, a = _one_step(tmp_path / "a", **frozen)
     xla, _, b = _one_step(tmp_path / "b", jit_compile=True, **frozen)

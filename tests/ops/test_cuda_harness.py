@@ -15,11 +15,11 @@ import textwrap
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HARNESS = os.path.join(ROOT, "ops", "harness")
 BUILD_SH = os.path.join(HARNESS, "build.sh")
 DRIVER = os.path.join(HARNESS, "run_harness.py")
-REFERENCE = os.path.join(ROOT, "tests", "reference_ops.py")
+REFERENCE = os.path.join(ROOT, "tests", "support", "reference_ops.py")
 
 CPU_SYMBOLS = [
     "harness_has_cuda", "harness_abi_version", "hcpu_first_invalid_roi", "hcpu_first_invalid_nms_input",
@@ -78,7 +78,7 @@ def test_cuda_build_compiles_and_exports_the_c_abi(tmp_path):
     assert info["abi"] == 1
 
 
-@pytest.mark.skipif(not os.path.exists(REFERENCE), reason="tests/reference_ops.py (the NumPy reference) "
+@pytest.mark.skipif(not os.path.exists(REFERENCE), reason="tests/support/reference_ops.py (the NumPy reference) "
                                                           "does not exist yet")
 def test_driver_cpu_only_matches_the_numpy_reference(tmp_path):
     _build(tmp_path, HARNESS_CPU_ONLY="1")

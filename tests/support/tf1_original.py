@@ -4,7 +4,7 @@
 slim's computations spelled out with `tf.compat.v1` ops (conv2d_same, fused batch norm with
 is_training=False, separable_conv2d, fully connected layers), and lhrcnn's compiled PS-RoI ops
 standing in for the original's GPU kernels (they are checked against the original's semantics in
-tests/test_ops_roi_pooling.py).
+tests/ops/test_ops_roi_pooling.py).
 
 `OriginalNetwork(...)` builds the test graph (batch 1, as the original's test.py) with random
 weights and non-trivial BatchNorm statistics, optionally with the original trainer's state

@@ -11,7 +11,7 @@ from PIL import Image
 from lhrcnn.config import load_config
 from lhrcnn.data import load_coco, synthetic
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXPERIMENT = os.path.join(REPO, "experiments", "lhrcnn", "light_head_rcnn.xception_star.synthetic")
 
 

@@ -12,7 +12,7 @@ from lhrcnn.config import load_config
 from lhrcnn.evaluation import evaluate, run_inference
 from lhrcnn.evaluation.preprocess import decode_image_file, preprocess_image
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SYNTHETIC = os.path.join(ROOT, "experiments/lhrcnn/light_head_rcnn.xception_star.synthetic")
 
 

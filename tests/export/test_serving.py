@@ -1,5 +1,5 @@
 """Serving the stock-op export through a stand-in for tensorflow_model_server
-(tests/serving_server.py: a TF1 session over the SavedModel, gRPC PredictionService and REST
+(tests/support/serving_server.py: a TF1 session over the SavedModel, gRPC PredictionService and REST
 :predict on loopback, warm-up replayed on load): scripts/serving_client.py end to end over gRPC
 and REST against the in-process detector, and bad input at the serving boundary answered with
 InvalidArgument and a message naming the problem, the server serving on afterwards."""

@@ -13,7 +13,7 @@ import textwrap
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TARGET = "//ops:_lhrcnn_ops.so"
 BUILD_TIMEOUT_S = 1800  # a cold build on two cores takes about a minute; leave room for a busy machine
 

@@ -1,4 +1,4 @@
-"""Run by tests/test_distribute.py in a fresh process (logical CPU devices must be configured
+"""Run by tests/train/test_distribute.py in a fresh process (logical CPU devices must be configured
 before TensorFlow starts): one training step of the synthetic Light-Head experiment (OHEM and
 in-graph anchor / RoI targets, momentum SGD, an active global-norm clip, weight decay, x3
 multipliers) on ONE device with a batch of 2 images, and on TWO logical CPU devices under
@@ -6,7 +6,7 @@ MirroredStrategy with 1 image per replica, from the same initial weights (per-im
 normalisation; OHEM keeps 8 RoIs per image in both). Prints one JSON line: the largest relative
 difference of the updated trainable weights and of the BN statistics.
 
-  python tests/distributed_equivalence.py frozen_bn|sync_bn|unsynced_bn|convbn_stack
+  python tests/support/distributed_equivalence.py frozen_bn|sync_bn|unsynced_bn|convbn_stack
 """
 import json
 import os
@@ -14,7 +14,8 @@ import sys
 import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, REPO)
 sys.path.insert(0, HERE)
 
 from lhrcnn.train.distribute import set_cpu_replicas  # noqa: E402
@@ -25,9 +26,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from lhrcnn.train.trainer import Trainer  # noqa: E402
-from test_detector import _tiny_batch  # noqa: E402
+from batches import tiny_batch as _tiny_batch  # noqa: E402
 
-SYNTHETIC = os.path.join(os.path.dirname(HERE), "experiments/lhrcnn/light_head_rcnn.xception_star.synthetic")
+SYNTHETIC = os.path.join(REPO, "experiments/lhrcnn/light_head_rcnn.xception_star.synthetic")
 BASE = dict(rpn_batch_size=10 ** 6, rpn_fg_fraction=1.0, roi_batch_size_per_image=-1,  # no random sampling
             train_rpn_pre_nms_top_n=300, train_rpn_post_nms_top_n=32, warmup_iters=10, nr_image_per_epoch=20,
             lr_stages=((2, 1.0), (3, 0.1)), gradient_multipliers={"conv_new": 3.0}, gradient_clip_norm=1.0,

@@ -9,7 +9,7 @@ from lhrcnn.heads.compressed_rpn import CompressedRPNHead
 from lhrcnn.heads.sam import SpatialAttention
 from lhrcnn.necks.cem import ContextEnhancement
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _conv1x1(x, kernel, bias=None):
@@ -75,7 +75,7 @@ def test_thundernet_detector_wiring():
     training step's gradients reach every trainable variable, and the R-CNN loss alone reaches
     the RPN trunk through SAM (the paper's point); inference gives padded detections."""
     from lhrcnn.detector import build_detector
-    from test_detector import _tiny_batch
+    from batches import tiny_batch as _tiny_batch
     tf.keras.utils.set_random_seed(0)
     detector = build_detector(THUNDERNET, train_rpn_pre_nms_top_n=300, train_rpn_post_nms_top_n=32)
     c = detector.config

@@ -1,5 +1,5 @@
 """Loads an exported SavedModel in a process that never imports lhrcnn nor loads its op library
-(run by tests/test_export.py as `python tests/saved_model_check.py ...`), as a stock TensorFlow or
+(run by tests/export/test_export.py as `python tests/support/saved_model_check.py ...`), as a stock TensorFlow or
 model server would:
 
   1. walks every node of every graph and function in saved_model.pb and looks each op type up in

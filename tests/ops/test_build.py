@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LIB = os.path.join(ROOT, "lhrcnn", "_lhrcnn_ops.so")
 INFO = os.path.join(ROOT, "lhrcnn", "_lhrcnn_ops.json")
 

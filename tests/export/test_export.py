@@ -16,7 +16,7 @@ from lhrcnn.config import load_config
 from lhrcnn.evaluation.preprocess import preprocess_image
 from lhrcnn.export import categories, saved_model, serving, warmup
 
-CHECK_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "saved_model_check.py")
+CHECK_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "support", "saved_model_check.py")
 EXPORT_PY = os.path.join(fx.ROOT, "scripts/export.py")
 
 

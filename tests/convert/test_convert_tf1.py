@@ -1,5 +1,5 @@
 """TF1 checkpoint conversion (lhrcnn/convert/tf1.py, scripts/convert_tf1.py, scripts/train.py
---init-checkpoint) against the original network built as a TF1 graph (tests/tf1_original.py,
+--init-checkpoint) against the original network built as a TF1 graph (tests/support/tf1_original.py,
 written from the network, checkpoint and box sections of docs/original.md): random weights,
 non-trivial BN statistics, the full set of checkpoint tensors; the converted TF2 detector must
 reproduce the graph's C4, C5, RPN outputs, thin feature map (or R-FCN score maps), head outputs
@@ -21,7 +21,7 @@ from lhrcnn.convert import tf1 as convert_tf1
 from lhrcnn.detector import build_detector, load_detector
 from tf1_original import OriginalNetwork, postprocess_detections
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PS_ALIGN = os.path.join(ROOT, "experiments/lizeming/light_head_rcnn.ori_res101.coco.ps_roialign")
 PS_POOL = os.path.join(ROOT, "experiments/lizeming/light_head_rcnn.ori_res101.coco")
 RFCN = os.path.join(ROOT, "experiments/lizeming/rfcn_reproduce.ori_res101.coco.baseline")
@@ -203,7 +203,7 @@ def test_tables_name_exactly_the_tensors_of_reference_section_4(r101):
         table = convert_tf1.detector_table(build_detector(experiment))
         assert {e.source for e in table} == set(shapes) and len(table) == 540
         assert {e.source for e in table if e.trainable} == trainable
-    # the TF1 graph of tests/tf1_original.py has the same variables, so it tests these names
+    # the TF1 graph of tests/support/tf1_original.py has the same variables, so it tests these names
     net, prefix = r101
     assert net.model_variables == shapes and net.trainable_names == trainable
     saved = dict(tf.train.list_variables(prefix))

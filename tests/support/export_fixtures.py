@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SYNTHETIC = os.path.join(ROOT, "experiments/lhrcnn/light_head_rcnn.xception_star.synthetic")
 # Small inference: 64 px short side (long side <= 96), few proposals and detections.
 SMALL = dict(eval_image_short_size=64, eval_image_max_size=96, test_rpn_pre_nms_top_n=300,

@@ -7,10 +7,10 @@ import pytest
 import tensorflow as tf
 
 from lhrcnn.train.schedules import WarmupMultiStageLR
-from test_detector import _tiny_batch  # noqa: E402  (tests/ is on sys.path)
+from batches import tiny_batch as _tiny_batch  # noqa: E402  (tests/ is on sys.path)
 from lhrcnn.train.trainer import Trainer, gradient_multiplier, is_decayed
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SYNTHETIC = os.path.join(ROOT, "experiments/lhrcnn/light_head_rcnn.xception_star.synthetic")
 # Deterministic losses: no random anchor subsampling, keep-all RoI targets, a small graph.
 DETERMINISTIC = dict(rpn_batch_size=10 ** 6, rpn_fg_fraction=1.0, roi_batch_size_per_image=-1,
