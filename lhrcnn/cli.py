@@ -76,8 +76,8 @@ SET = Flag("set", "multi", None, "Override a config field (repeatable): VALUE is
 
 def parse_overrides(items):
     """{field: value} of --set FIELD=VALUE items: VALUE through ast.literal_eval, else the string
-    itself. UsageError for an item without `=` or a field that Config does not define (naming the
-    closest one)."""
+    itself. UsageError (status 2) for an item without `=`; UserError (status 1, as for any other
+    config mistake) for a field that Config does not define, naming the closest one."""
     from lhrcnn.config import Config
     known = Config.known_fields()
     overrides = {}
@@ -87,7 +87,7 @@ def parse_overrides(items):
         if not sep or not field:
             raise UsageError(f"--set takes FIELD=VALUE, got {item!r} (e.g. --set test_max_detections=50)")
         if field not in known:
-            raise UsageError(Config._unknown_message(field, "--set"))
+            raise UserError(Config._unknown_message(field, "--set"))
         try:
             overrides[field] = ast.literal_eval(text.strip())
         except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
