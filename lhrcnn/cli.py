@@ -207,6 +207,7 @@ def run_train(args):
             except ValueError as e:
                 raise UserError(f"--init-checkpoint: {e}") from None
             print(report.summary(), flush=True)
+            trainer.initialized_externally = True
     try:
         trainer.train()
     except RuntimeError as e:  # a lost worker: the message says how to resume
@@ -373,8 +374,13 @@ def run_export(args):
     checkpoint = resolve_checkpoint(args.checkpoint or os.path.join(experiment_output_dir(config, experiment),
                                                                     "model_dump"))
     from lhrcnn.export import categories
+    from lhrcnn.paths import config_path
+    ids_from = args.annotations
+    eval_json = config_path(config.eval_annotations) if config.eval_annotations else None
+    if ids_from is None and config.class_names_source and not (eval_json and os.path.isfile(eval_json)):
+        ids_from = config.class_names_source  # class_names = "from_annotations": that json's ids
     try:
-        category_ids, source = categories.resolve_category_ids(config, args.annotations)
+        category_ids, source = categories.resolve_category_ids(config, ids_from)
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from None
     if args.ops == "custom":

@@ -21,6 +21,9 @@ COCO_CLASS_NAMES = (
     "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book",
     "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush")
 
+# The value of `class_names` that takes the classes from the training json (Config.class_names).
+FROM_ANNOTATIONS = "from_annotations"
+
 # What the main job (`make demo`, scripts/run_main_job.py) trains by default, relative to the
 # repository root: ThunderNet SNet146 on the synthetic set (the README's "The main job").
 MAIN_JOB_EXPERIMENT = "experiments/lhrcnn/thundernet.snet146.synthetic"
@@ -41,7 +44,8 @@ class Config:
     seed = 3
 
     # --- data
-    class_names = COCO_CLASS_NAMES  # index 0 = background
+    class_names = COCO_CLASS_NAMES  # index 0 = background; or FROM_ANNOTATIONS ("from_annotations"): "background"
+                                    # + the train_annotations json's categories in id order (see resolve_class_names)
     train_annotations = "data/MSCOCO/instances_trainval35k2014.json"
     train_images = "data/MSCOCO/trainval2014"
     eval_annotations = "data/MSCOCO/instances_minival2014.json"
@@ -175,6 +179,9 @@ class Config:
             if name not in known:
                 raise ValueError(self._unknown_message(name, "overrides"))
             setattr(self, name, value)
+        self.class_names_source = None  # the json the class names were read from (FROM_ANNOTATIONS), else None
+        if isinstance(self.class_names, str):
+            self.resolve_class_names()
         self.validate()
 
     @classmethod
@@ -188,6 +195,35 @@ class Config:
         close = difflib.get_close_matches(name, sorted(cls.known_fields()), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         return f"unknown config field {name!r} in {where}{hint}"
+
+    def resolve_class_names(self):
+        """class_names = FROM_ANNOTATIONS: sets `class_names` to "background" followed by the
+        categories of the train_annotations json in id order (lhrcnn.data.coco.
+        class_names_from_annotations), and `class_names_source` to that file. Without that file
+        (e.g. testing or exporting where only the eval set is), the eval_annotations json's
+        categories are used. Paths are config paths (relative to the working directory).
+        Called by the constructor, after the overrides; ValueError naming the files when neither
+        exists, or for any other string."""
+        if self.class_names != FROM_ANNOTATIONS:
+            raise ValueError(f"config: class_names must be a sequence of names (index 0 = background) or "
+                             f"{FROM_ANNOTATIONS!r}, got {self.class_names!r}")
+        from lhrcnn.data.coco import class_names_from_annotations
+        from lhrcnn.paths import config_path
+        tried = []
+        for field in ("train_annotations", "eval_annotations"):
+            path = getattr(self, field)
+            if not path:
+                continue
+            path = config_path(path)
+            if os.path.isfile(path):
+                self.class_names = class_names_from_annotations(path)
+                self.class_names_source = path
+                return self.class_names
+            tried.append(f"{field} {path}")
+        missing = " and no ".join(tried) if tried else "annotation file set"
+        raise ValueError(f"config: class_names = {FROM_ANNOTATIONS!r} reads the classes from the training json, but "
+                         f"there is no {missing}; write it, point train_annotations at your json "
+                         f"(--set train_annotations=PATH) or list class_names")
 
     @property
     def num_classes(self):
@@ -281,12 +317,19 @@ def _config_class(module, experiment_dir):
     return classes[0]
 
 
-def load_config(experiment_dir, **overrides):
-    """The experiment's Config instance from `<experiment_dir>/config.py`."""
+def load_config_class(experiment_dir):
+    """The Config subclass that `<experiment_dir>/config.py` defines, not instantiated: its class
+    attributes as written (class_names may still be FROM_ANNOTATIONS; no file it names is read)."""
     if not os.path.isdir(experiment_dir):
         raise FileNotFoundError(f"experiment directory {experiment_dir} does not exist")
     module = _import_file(os.path.join(experiment_dir, "config.py"), _module_name(experiment_dir, "config"))
-    config = _config_class(module, experiment_dir)(**overrides)
+    return _config_class(module, experiment_dir)
+
+
+def load_config(experiment_dir, **overrides):
+    """The experiment's Config instance from `<experiment_dir>/config.py` (class_names =
+    FROM_ANNOTATIONS resolved: Config.resolve_class_names)."""
+    config = load_config_class(experiment_dir)(**overrides)
     config.experiment_dir = os.path.abspath(experiment_dir)
     return config
 

@@ -9,6 +9,11 @@ idempotent or resumable, so re-running after an interruption continues where it 
 The default experiment is the repository's lhrcnn.config.MAIN_JOB_EXPERIMENT (next to this
 script); --experiment, --output and the config's data and output paths are relative to the working
 directory (lhrcnn.paths), which every step inherits: `make demo` runs it from the repository root.
+
+The job writes the synthetic set into the folders of the experiment's train_annotations and
+eval_annotations, so --experiment must be a synthetic experiment: its config extends synthetic.base
+or its train_annotations lies under data/synthetic/. Any other is refused (one `error:` line, exit
+status 1) before anything is written.
 """
 import json
 import os
@@ -59,12 +64,45 @@ def _exported_version(export_dir, model_dump):
     return None
 
 
+def _extends_synthetic_base(config_class):
+    """True when config_class or a class it extends is defined in a folder named synthetic.base."""
+    for cls in config_class.__mro__:
+        path = getattr(sys.modules.get(cls.__module__), "__file__", None) or ""
+        if os.path.basename(os.path.dirname(os.path.abspath(path))) == "synthetic.base":
+            return True
+    return False
+
+
+def synthetic_data_refusal(experiment, config_class):
+    """None when the experiment is synthetic (its config extends synthetic.base, or its
+    train_annotations lies under data/synthetic/ of the working directory or of the checkout);
+    else the reason the main job does not run it, naming the folder it would write into."""
+    from lhrcnn.paths import config_path
+    annotations = os.path.normpath(config_path(config_class.train_annotations or "."))
+    for base in {os.getcwd(), ROOT}:
+        if annotations.startswith(os.path.join(os.path.abspath(base), "data", "synthetic") + os.sep):
+            return None
+    if _extends_synthetic_base(config_class):
+        return None
+    return (f"--experiment {experiment} is not a synthetic experiment (its train_annotations "
+            f"{config_class.train_annotations} is not under data/synthetic/ and its config does not extend "
+            f"synthetic.base): the main job would write synthetic images into {os.path.dirname(annotations)}; "
+            f"train it with `lhrcnn train --experiment {experiment}` instead")
+
+
 def main(argv):
     del argv
-    from lhrcnn.config import load_config
+    from lhrcnn.config import load_config, load_config_class
     from lhrcnn.paths import config_path, experiment_output_dir
     experiment = EXPERIMENT.value if flags.FLAGS["experiment"].present else os.path.join(ROOT, EXPERIMENT.value)
-    config = load_config(experiment)
+    try:
+        refusal = synthetic_data_refusal(experiment, load_config_class(experiment))
+        config = None if refusal else load_config(experiment)
+    except (FileNotFoundError, ValueError) as e:
+        refusal = f"{experiment}: {e}"
+    if refusal:
+        print(f"error: {refusal}", file=sys.stderr)
+        sys.exit(1)
     output = OUTPUT.value or experiment_output_dir(config, experiment)
     train_dir = os.path.dirname(config_path(config.train_annotations))
     val_dir = os.path.dirname(config_path(config.eval_annotations))

@@ -1,6 +1,7 @@
 """COCO-format annotations (via pycocotools) -> DetectionDataset."""
 import contextlib
 import io
+import json
 import logging
 import os
 
@@ -8,6 +9,68 @@ from lhrcnn.data.records import (DetectionDataset, check_exists, make_record,
                                  drop_missing_images, new_stats)
 
 logger = logging.getLogger(__name__)
+
+BACKGROUND = "background"
+
+# (absolute path, modification time, size) -> class names read from that file.
+_CLASS_NAMES_CACHE = {}
+
+
+def class_names_from_annotations(annotation_file):
+    """The class names of a COCO json: "background", then the `categories`' names in id order
+    (what load_coco assigns with class_names=None; any ids: 1..N, COCO's 1..90 with gaps, 3, 17,
+    90). A category named "background" that no annotation uses is left out (some tools write one);
+    one that annotations use is an error, as are duplicate names, names that are not strings and a
+    file without categories.
+
+    Reads the file with the json module (no pycocotools); the result is cached per file path,
+    modification time and size.
+
+    Raises:
+      FileNotFoundError: the file does not exist.
+      ValueError: not a COCO json, or categories that cannot be classes (each named in the message).
+    """
+    check_exists(annotation_file, "COCO annotation file")
+    path = os.path.abspath(annotation_file)
+    status = os.stat(path)
+    key = (path, status.st_mtime_ns, status.st_size)
+    if key in _CLASS_NAMES_CACHE:
+        return _CLASS_NAMES_CACHE[key]
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{annotation_file} is not a readable COCO json ({e})") from None
+    categories = data.get("categories") if isinstance(data, dict) else None
+    if not isinstance(categories, list) or not categories:
+        raise ValueError(f"{annotation_file} has no 'categories' list to take the class names from")
+    try:
+        categories = sorted(((int(c["id"]), c["name"]) for c in categories), key=lambda c: c[0])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"{annotation_file}: every category needs an integer 'id' and a 'name'") from None
+    bad = [name for _, name in categories if not isinstance(name, str) or not name]
+    if bad:
+        raise ValueError(f"{annotation_file}: category names must be non-empty strings, got {bad}")
+    ids = [i for i, _ in categories]
+    repeated_ids = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated_ids:
+        raise ValueError(f"{annotation_file}: category ids used more than once: {repeated_ids}")
+    names = [name for _, name in categories]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"{annotation_file}: category names used by more than one id: {duplicates}")
+    background_ids = {i for i, name in categories if name == BACKGROUND}
+    if background_ids:
+        used = {ann.get("category_id") for ann in data.get("annotations") or () if isinstance(ann, dict)}
+        if used & background_ids:
+            raise ValueError(f"{annotation_file}: annotations use the category named {BACKGROUND!r} (id "
+                             f"{sorted(background_ids)[0]}), the name of class 0; rename that category")
+    foreground = tuple(name for _, name in categories if name != BACKGROUND)
+    if not foreground:
+        raise ValueError(f"{annotation_file} has no category other than {BACKGROUND!r}")
+    names = (BACKGROUND,) + foreground
+    _CLASS_NAMES_CACHE[key] = names
+    return names
 
 
 def load_coco(annotation_file, image_dir, class_names=None, skip_crowd=True, keep_empty=True,
@@ -22,9 +85,10 @@ def load_coco(annotation_file, image_dir, class_names=None, skip_crowd=True, kee
     Args:
       annotation_file: the COCO json.
       image_dir: folder the images' `file_name`s are relative to.
-      class_names: None = the file's categories in id order with "background" prepended;
-        otherwise a sequence whose index 0 is the background and whose other names are matched
-        to the file's category names.
+      class_names: None = the file's categories in id order with "background" prepended
+        (class_names_from_annotations); otherwise a sequence whose index 0 is the background and
+        whose other names are matched to the file's category names. A category named
+        "background" that no annotation uses is ignored either way.
       skip_crowd: drop `iscrowd` (and `ignore`) annotations (Config.filter_gt_ignore_label).
       keep_empty: keep images that have no box left (needed for evaluation); they are counted
         either way.
@@ -43,12 +107,18 @@ def load_coco(annotation_file, image_dir, class_names=None, skip_crowd=True, kee
         coco = COCO(annotation_file)
 
     categories = sorted(coco.loadCats(coco.getCatIds()), key=lambda c: c["id"])
+    for c in [c for c in categories if c["name"] == BACKGROUND]:
+        if not coco.getAnnIds(catIds=[c["id"]]):
+            categories.remove(c)  # a "background" category that no annotation uses is not a class
+        elif class_names is None:
+            raise ValueError(f"{annotation_file}: annotations use the category named {BACKGROUND!r} (id {c['id']}), "
+                             f"the name of class 0; rename that category")
     names_in_file = [c["name"] for c in categories]
     duplicates = sorted({n for n in names_in_file if names_in_file.count(n) > 1})
     if duplicates:
         raise ValueError(f"{annotation_file}: category names used by more than one id: {duplicates}")
     if class_names is None:
-        class_names = ("background",) + tuple(names_in_file)
+        class_names = (BACKGROUND,) + tuple(names_in_file)
     class_names = tuple(class_names)
     index_of_name = {name: i for i, name in enumerate(class_names) if i > 0}
     unknown = [c["name"] for c in categories if c["name"] not in index_of_name]

@@ -56,6 +56,20 @@ def gradient_multiplier(variable, multipliers):
     return 1.0
 
 
+def frozen_backbone_warning(config):
+    """The one-line warning for a run that starts from random weights while its backbone_options
+    freeze the BatchNorms or the stem (freeze_bn / freeze_stem True, the recipe for an ImageNet-
+    initialised backbone); None when neither option is True."""
+    options = config.backbone_options or {}
+    frozen = [name for name in ("freeze_bn", "freeze_stem") if options.get(name)]
+    if not frozen:
+        return None
+    return (f"warning: training from random weights (no --init-checkpoint, no checkpoint to resume) with "
+            f"backbone_options {', '.join(f'{name}=True' for name in frozen)}, the recipe for an ImageNet-initialised backbone: "
+            f"frozen BatchNorms keep their initial statistics and a frozen stem its random kernels; set them to "
+            f"False in backbone_options to train from scratch, or pass --init-checkpoint")
+
+
 # Drawn eval images: detections at or above this score, at most DRAW_MAX_DETECTIONS per image
 # (the best), each image scaled to at most DRAW_MAX_SIDE pixels on its long side.
 DRAW_SCORE_THRESHOLD = 0.3
@@ -222,6 +236,9 @@ class Trainer:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         self.experiment_dir = experiment_dir
         self.config = c = load_config(experiment_dir, **config_overrides)
+        if c.class_names_source:  # class_names = "from_annotations"
+            names = ", ".join(c.class_names[1:11]) + (", ..." if c.num_classes > 11 else "")
+            logging.info("%d classes from %s: %s", c.num_classes - 1, c.class_names_source, names)
         self.output_dir = output_dir or experiment_output_dir(c, experiment_dir)
         self.strategy = strategy or tf.distribute.get_strategy()
         self.replicas = self.strategy.num_replicas_in_sync
@@ -266,6 +283,8 @@ class Trainer:
         self.checkpoints = TrainingCheckpoints(model_dump, model=self.detector, optimizer=self.optimizer,
                                                write_directory=distribute.worker_directory(model_dump, self.strategy))
         self.init_checkpoint = init_checkpoint
+        # True when the caller loaded weights into self.detector itself (the CLI's TF1 --init-checkpoint)
+        self.initialized_externally = False
         self._train_dataset = train_dataset
         if self.evaluator is not None:
             def build_eval_copy():  # plain variables: built outside the strategy's scope
@@ -341,11 +360,24 @@ class Trainer:
         return {k: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in losses.items()}
 
     # ------------------------------------------------------------------ loop
+    def restore_or_initialize(self):
+        """Restores the run's latest checkpoint, else initialises from init_checkpoint; a run that
+        starts from random weights (neither, nor initialized_externally) with frozen BatchNorms or
+        stem logs frozen_backbone_warning. Returns the checkpoint resumed from, or None."""
+        resumed = self.checkpoints.restore_latest()
+        if resumed:
+            return resumed
+        if self.init_checkpoint:
+            initialize_from(self.detector, self.init_checkpoint)
+        elif not self.initialized_externally:
+            warning = frozen_backbone_warning(self.config)
+            if warning:
+                logging.warning("%s", warning)
+        return None
+
     def train(self):
         c = self.config
-        resumed = self.checkpoints.restore_latest()
-        if not resumed and self.init_checkpoint:
-            initialize_from(self.detector, self.init_checkpoint)
+        self.restore_or_initialize()
         start = int(self.optimizer.iterations.numpy())
         if start >= self.total_steps:
             logging.info("already trained for %d steps (of %d)", start, self.total_steps)
