@@ -9,6 +9,7 @@ import os
 
 import numpy as np
 import pytest
+from export_fixtures import make_image  # tests/support/ is on sys.path
 from PIL import Image
 
 import lhrcnn
@@ -21,17 +22,6 @@ EXPERIMENT = os.path.join(ROOT, "experiments/lhrcnn/thundernet.snet146.synthetic
 SMALL = dict(eval_image_short_size=64, eval_image_max_size=96, test_rpn_pre_nms_top_n=300,
              test_rpn_post_nms_top_n=40, test_max_detections=20, ops_backend="tf")
 CATEGORY_IDS = [0, 11, 22, 33, 44, 55, 66]  # what the export's detection_classes hold per class index
-
-
-def make_image(height, width, seed):
-    """uint8 [height, width, 3]: grey noise with two bright rectangles."""
-    rng = np.random.default_rng(seed)
-    image = rng.integers(60, 120, (height, width, 3)).astype(np.uint8)
-    for _ in range(2):
-        h, w = int(rng.integers(height // 4, height // 2)), int(rng.integers(width // 4, width // 2))
-        y, x = int(rng.integers(0, height - h)), int(rng.integers(0, width - w))
-        image[y:y + h, x:x + w] = rng.integers(150, 256, 3)
-    return image
 
 
 def png_bytes(image):
