@@ -407,8 +407,8 @@ def run_export(args):
           f"string [N])\n  category ids from {source}")
     name = os.path.basename(output)
     if args.ops == "custom":
-        print("serve it with a tensorflow_model_server built with //ops:lhrcnn_ops (README: \"Linking the ops into "
-              "tensorflow_model_server\"); a stock server cannot load it")
+        print("serve it with a tensorflow_model_server built with //ops:lhrcnn_ops (docs/serving.md, \"Linking the "
+              "ops into tensorflow_model_server\"); a stock server cannot load it")
     else:
         print(f"serve it: docker run -p 8500:8500 -p 8501:8501 -v {output}:/models/{name} -e MODEL_NAME={name} "
               "tensorflow/serving:2.20.0")

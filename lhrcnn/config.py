@@ -25,7 +25,7 @@ COCO_CLASS_NAMES = (
 FROM_ANNOTATIONS = "from_annotations"
 
 # What the main job (`make demo`, scripts/run_main_job.py) trains by default, relative to the
-# repository root: ThunderNet SNet146 on the synthetic set (the README's "The main job").
+# repository root: ThunderNet SNet146 on the synthetic set (docs/main_job.md).
 MAIN_JOB_EXPERIMENT = "experiments/lhrcnn/thundernet.snet146.synthetic"
 
 

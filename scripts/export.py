@@ -13,7 +13,7 @@ JPEG or PNG); outputs detection_boxes (normalised y1, x1, y2, x2), detection_sco
 detection_classes (category ids), num_detections, detection_boxes_pixels (x1, y1, x2, y2).
 
 --ops tf (default) uses stock TensorFlow ops only (any tensorflow_model_server); --ops custom puts
-the compiled lhrcnn ops in the graph (a server built with //ops:lhrcnn_ops; see the README).
+the compiled lhrcnn ops in the graph (a server built with //ops:lhrcnn_ops; see docs/serving.md).
 Defaults: the latest checkpoint in output/<user>/<experiment>/model_dump/, the next version, the
 config's test_max_detections and test_score_threshold, category ids from --annotations or the
 config's eval_annotations (else COCO's ids for COCO's classes, else the class index).

@@ -18,7 +18,7 @@ literals, else strings).
 several GPUs are visible, on one device otherwise. Each replica takes `train_batch_per_gpu` images
 of the experiment; the global batch is that x replicas and the learning rate basic_lr x replicas.
 Multi-worker: run the same command on every node with its own TF_CONFIG; model_dump/ must be on a
-filesystem all of them reach (only the chief writes there). See README, "Training on a cluster".
+filesystem all of them reach (only the chief writes there). See docs/cluster.md.
 
 --init-checkpoint takes a TF2 checkpoint (another run's, or one written by scripts/convert_tf1.py)
 or a TF1 one directly: a slim ImageNet checkpoint (resnet_v1_101.ckpt; initialises the backbone,

@@ -114,7 +114,7 @@ def make_strategy(name="auto", num_gpus=None, cpu_replicas=None, communication="
     if name == "multi_worker":
         if not config:
             raise ValueError("the multi_worker strategy needs TF_CONFIG (the cluster and this worker's task); "
-                             "see the README, 'Training on a cluster'")
+                             "see docs/cluster.md")
         _check_tf_config(config)
         implementation = {"auto": tf.distribute.experimental.CommunicationImplementation.AUTO,
                           "ring": tf.distribute.experimental.CommunicationImplementation.RING,
