@@ -68,8 +68,8 @@ class RCNNLoss:
 
 @dataclasses.dataclass(frozen=True)
 class DetectionSettings:
-    """Test-time post-processing: per-class NMS IoU threshold, minimum score (score >= S is kept),
-    detections per image."""
+    """Test-time post-processing: per-class NMS IoU threshold, score threshold (detections
+    scoring above it are kept, as `ops.nms`), detections per image."""
     nms_threshold: float = 0.5
     score_threshold: float = 0.0
     max_detections: int = 100
