@@ -309,7 +309,7 @@ def _predict(args, *, overrides, default_output, score_threshold):
         report = {"image": os.path.abspath(path), "height": int(image.shape[0]), "width": int(image.shape[1]),
                   **source, "score_threshold": predictor.score_threshold, "detections": detections.to_list()}
         _atomic_write(os.path.join(output, f"{name}_detections.json"), json.dumps(report, indent=1).encode())
-        print(f"{path}: {len(detections)} detections (score >= {predictor.score_threshold:g}) -> {png}")
+        print(f"{path}: {len(detections)} detections (score > {predictor.score_threshold:g}) -> {png}")
         for det in report["detections"]:
             x1, y1, x2, y2 = det["box"]
             print(f"  {det['class']:<16} {det['score']:.3f}  [{x1:.1f}, {y1:.1f}, {x2:.1f}, {y2:.1f}]")
@@ -758,17 +758,17 @@ Prints each detection (class, score, box x1, y1, x2, y2 in the image's pixels) a
              "folder, or the model's base folder (its newest version)."),
         Flag("output", "string", None, "Output folder (default: output/<user>/<experiment>/predict/, or "
              "output/predict/ with --saved-model)."),
-        Flag("score_threshold", "float", None, "Keep detections scoring at least this (default: the config's "
+        Flag("score_threshold", "float", None, "Keep detections scoring above this (default: the config's "
              "test_score_threshold, or the export's)."),
         SET, VERBOSE), run_predict, positional=("images", "IMAGE", "image files")),
-    Command("demo", "`predict` with the demo's defaults (score >= 0.5, output .../demo/)", """\
+    Command("demo", "`predict` with the demo's defaults (score > 0.5, output .../demo/)", """\
 Detections on your own images: each image is preprocessed as the eval pipeline does (eval short/max
 side, mean, padding); for each, <output>/<name>_detections.png (boxes, class names, scores drawn) and
 <output>/<name>_detections.json are written. Default output: output/<user>/<experiment>/demo/.""", (
         Flag("experiment", "string", None, _EXPERIMENT, required=True),
         Flag("checkpoint", "string", None, "Checkpoint prefix or folder (its latest checkpoint).", required=True),
         Flag("output", "string", None, "Output folder (default: output/<user>/<experiment>/demo/)."),
-        Flag("score_threshold", "float", 0.5, "Keep detections scoring at least this."),
+        Flag("score_threshold", "float", 0.5, "Keep detections scoring above this."),
         VERBOSE), run_demo, positional=("images", "IMAGE", "image files")),
     Command("export", "export a trained detector as a SavedModel version for TF Serving", """\
 Writes <output>/<version>/ (saved_model.pb, variables/, assets.extra/ with the warm-up requests,
@@ -792,7 +792,7 @@ eval_annotations (else COCO's ids for COCO's classes, else the class index).""",
              "ops (a server built with //ops:lhrcnn_ops).", choices=("tf", "custom")),
         Flag("max_detections", "integer", None, "Detections per image (default: the config's "
              "test_max_detections).", lower_bound=1),
-        Flag("score_threshold", "float", None, "Drop detections scoring at most this (default: the config's "
+        Flag("score_threshold", "float", None, "Keep detections scoring above this (default: the config's "
              "test_score_threshold)."),
         Flag("annotations", "string", None, "COCO json whose categories give detection_classes' ids (default: the "
              "config's eval_annotations when it exists)."),

@@ -141,7 +141,7 @@ class Config:
 
     # --- test
     test_nms = 0.5
-    test_score_threshold = 0.0
+    test_score_threshold = 0.0      # detections scoring above it are kept (score > S, everywhere: the original's rule)
     test_max_detections = 100
 
     # --- training

@@ -160,7 +160,8 @@ class Predictor:
     output/<user>/<experiment>/model_dump/). Predictor.from_saved_model(path) reads an export
     instead; Predictor.from_detector(detector) wraps a detector already built.
 
-    score_threshold: detections scoring at least this are kept; default: the config's
+    score_threshold: detections scoring above this are kept (score > S, the rule of the
+    detector's own post-processing and of the original); default: the config's
     test_score_threshold (for a SavedModel, the one baked into the export; a lower value cannot
     bring back what the export dropped).
     """
@@ -251,7 +252,7 @@ class Predictor:
         pixels = read_image(image)
         threshold = self.score_threshold if score_threshold is None else float(score_threshold)
         boxes, scores, classes, count = self._run(pixels)
-        keep = (np.arange(scores.shape[0]) < count) & (classes > 0) & (scores >= threshold)
+        keep = (np.arange(scores.shape[0]) < count) & (classes > 0) & (scores > threshold)
         classes = classes[keep].astype(np.int32)
         return Detections(boxes=boxes[keep].astype(np.float32), scores=scores[keep].astype(np.float32),
                           class_ids=classes, class_names=tuple(self.class_names[c] for c in classes),

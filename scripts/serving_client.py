@@ -31,7 +31,7 @@ MODEL_VERSION = flags.DEFINE_integer("version", None, "Ask for this version (def
 SIGNATURE = flags.DEFINE_enum("signature", "serve_bytes", ["serve_bytes", "serving_default"],
                               "serve_bytes: encoded files, one request; serving_default: uint8 pixels, one "
                               "request per image.")
-SCORE_THRESHOLD = flags.DEFINE_float("score_threshold", 0.5, "Show detections scoring at least this.")
+SCORE_THRESHOLD = flags.DEFINE_float("score_threshold", 0.5, "Show detections scoring above this.")
 LABEL_MAP = flags.DEFINE_string("label_map", None, "JSON {category id: name} (an export's "
                                 "assets.extra/label_map.json).")
 OUTPUT = flags.DEFINE_string("output", "output/serving_client", "Where the drawn images and json files go.")
@@ -104,7 +104,7 @@ def detections_of(outputs, index, score_threshold, names):
     detections = []
     for k in range(int(outputs["num_detections"][index])):
         score = float(outputs["detection_scores"][index][k])
-        if score < score_threshold:
+        if score <= score_threshold:
             continue
         category = int(round(float(outputs["detection_classes"][index][k])))
         detections.append({"class": names.get(category, f"category {category}"), "category_id": category,
@@ -178,7 +178,7 @@ def run(paths):
     os.makedirs(OUTPUT.value, exist_ok=True)
     for path, name, (_, pixels), (outputs, index) in zip(paths, output_names(paths), images, per_image):
         detections = detections_of(outputs, index, SCORE_THRESHOLD.value, names)
-        print(f"{path}: {len(detections)} detections (score >= {SCORE_THRESHOLD.value:g})")
+        print(f"{path}: {len(detections)} detections (score > {SCORE_THRESHOLD.value:g})")
         for det in detections:
             x1, y1, x2, y2 = det["box"]
             print(f"  {det['class']:<16} {det['score']:.3f}  [{x1:.1f}, {y1:.1f}, {x2:.1f}, {y2:.1f}]")

@@ -172,7 +172,7 @@ class TrainingEvaluator:
                              if i > 0 and cid is not None and int(cid) >= 0}
         detections = collections.defaultdict(list)
         for entry in results:
-            if int(entry["image_id"]) in wanted and entry["score"] >= DRAW_SCORE_THRESHOLD:
+            if int(entry["image_id"]) in wanted and entry["score"] > DRAW_SCORE_THRESHOLD:
                 detections[int(entry["image_id"])].append(entry)
         canvases = []
         for record in records:
