@@ -8,11 +8,12 @@
   lhrcnn convert    --checkpoint TF1 --experiment DIR --output DIR         TF1 checkpoint -> TF2
   lhrcnn flops      --backbone NAME | --experiment DIR                     multiply-adds and parameters
   lhrcnn benchmark  [--sections ...]                                       benchmark tables (a checkout)
+  lhrcnn new-experiment DEST --from DIR [--set FIELD=VALUE ...]             a new experiment folder
   lhrcnn info                                                              versions, compiled ops, experiments
 
 `lhrcnn COMMAND --help` lists a command's flags. Every multi-word flag has a --dash-form and an
 --underscore_form; booleans are negated with --no-NAME (or --noNAME). --set FIELD=VALUE (train,
-test, predict, export, flops; repeatable) overrides a config field: VALUE is read as a Python
+test, predict, export, flops, new-experiment; repeatable) overrides a config field: VALUE is read as a Python
 literal (ast.literal_eval), else taken as a string; an unknown field is an error naming the closest
 one.
 
@@ -66,7 +67,7 @@ class Command:
     description: str
     flags: tuple
     run: object
-    positional: tuple = None  # (name, metavar, help): one or more
+    positional: tuple = None  # (name, metavar, help[, nargs]): nargs "+" (one or more) unless given
 
 
 VERBOSE = Flag("verbose", "boolean", False, "Show TensorFlow's start-up logs and INFO messages.")
@@ -591,6 +592,20 @@ def run_benchmark(args):
 # ----------------------------------------------------------------------------- info
 
 
+def run_new_experiment(args):
+    from lhrcnn.experiment_files import new_experiment
+    from lhrcnn.paths import require_dir
+    source = getattr(args, "from")
+    require_dir(source, "--from: experiment folder")
+    overrides = parse_overrides(args.set)
+    try:
+        dest = new_experiment(source, args.destination, overrides)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        raise UserError(str(e)) from None
+    print(f"wrote {os.path.join(dest, 'config.py')} and {os.path.join(dest, 'network_desp.py')}; "
+          f"train it with: lhrcnn train --experiment {dest}")
+
+
 def find_experiments(root="experiments"):
     """Folders under `root` holding both config.py and network_desp.py, sorted, relative to root's
     parent as given (e.g. experiments/lhrcnn/thundernet.snet146.synthetic)."""
@@ -855,6 +870,16 @@ all six. --peer also measures TF Model Garden's Faster R-CNN R-50-FPN in a separ
         Flag("repeats", "integer", 15, "Timed repetitions per case (median reported).", lower_bound=1),
         Flag("json", "string", "output/benchmark.json", "Where to write the results."),
         VERBOSE), run_benchmark),
+    Command("new-experiment", "a new experiment folder from an existing one, with --set overrides", """\
+Writes the experiment folder DEST (config.py, network_desp.py) from the experiment --from: its
+config.py subclasses lhrcnn.config.Config directly and writes out every field that differs from
+Config's default (the source's own and those it inherits), with the --set overrides applied, plus
+the data paths and class_names; network_desp.py is copied. Outputs of the new experiment go to
+output/<DEST's parent folder>/<DEST's folder>/. DEST must not exist; it is written complete or not
+at all. Example: lhrcnn new-experiment experiments/me/pets --from
+experiments/templates/thundernet.snet146.coco_json --set train_annotations=data/pets/train.json""", (
+        Flag("from", "string", None, "The experiment folder to start from.", required=True, metavar="EXPERIMENT"),
+        SET, VERBOSE), run_new_experiment, positional=("destination", "DEST", "the new experiment folder", None)),
     Command("info", "versions, the compiled ops and their kernels, the experiments found", """\
 Prints the versions of lhrcnn, Python, NumPy and TensorFlow, the visible GPUs, whether the compiled
 ops loaded (and why not), which devices their kernels are registered for, the CUDA architectures
@@ -946,8 +971,8 @@ def build_parser(prog="lhrcnn"):
         for flag in command.flags:
             _add_argument(sub, flag)
         if command.positional:
-            name, metavar, text = command.positional
-            sub.add_argument(name, nargs="+", metavar=metavar, help=text)
+            name, metavar, text, *nargs = command.positional
+            sub.add_argument(name, nargs=(nargs or ["+"])[0], metavar=metavar, help=text)
     return parser
 
 
