@@ -120,6 +120,35 @@ def test_installed_wheel_loads_its_ops_outside_the_checkout(wheel, tmp_path):
 
 
 @pytest.mark.slow
+def test_installed_command_trains_and_predicts_outside_the_checkout(wheel, tmp_path):
+    """What a user of the wheel does, from a folder outside the checkout: info, an experiment of
+    their own from the template, 3 training steps on their data, predictions on an image."""
+    from lhrcnn.data.synthetic import write_dataset
+    py = _venv(str(tmp_path / "venv"))
+    _pip_install(py, wheel)
+    lhrcnn = str(tmp_path / "venv" / "bin" / "lhrcnn")
+    work = tmp_path / "work"
+    for split, count, seed in (("train", 4, 21), ("val", 2, 22)):
+        write_dataset(str(work / "data" / split), count, seed, workers=1)
+    info = _run([lhrcnn, "info"], cwd=str(work)).stdout
+    assert "not loaded" not in info and "custom ops" in info, info
+    assert str(tmp_path / "venv") in info, info  # the installed package, not the checkout
+    _run([lhrcnn, "new-experiment", "experiments/me/shapes", "--from",
+          os.path.join(ROOT, "experiments/templates/thundernet.snet146.coco_json"),
+          "--set", "train_annotations=data/train/annotations.json", "--set", "train_images=data/train/images",
+          "--set", "eval_annotations=data/val/annotations.json", "--set", "eval_images=data/val/images"],
+         cwd=str(work))
+    trained = _run([lhrcnn, "train", "--experiment", "experiments/me/shapes", "--set", "precise_bn_batches=2",
+                    "--steps", "3"], cwd=str(work))
+    assert glob.glob(str(work / "output/me/shapes/model_dump/*.index")), trained.stderr[-3000:]
+    image = sorted(glob.glob(str(work / "data/val/images/*.jpg")))[0]
+    _run([lhrcnn, "predict", "--experiment", "experiments/me/shapes", image, "--output", "out"], cwd=str(work))
+    name = os.path.splitext(os.path.basename(image))[0]
+    report = json.loads((work / "out" / f"{name}_detections.json").read_text())
+    assert report["detections"] is not None and (work / "out" / f"{name}_detections.png").exists()
+
+
+@pytest.mark.slow
 def test_editable_install_builds_the_ops_in_place(clean_copy, tmp_path):
     py = _venv(str(tmp_path / "venv"))
     env = dict(QUIET, LHRCNN_REQUIRE_OPS="1")
