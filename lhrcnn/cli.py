@@ -224,10 +224,21 @@ def run_test(args):
     from lhrcnn.paths import config_path, experiment_output_dir, require_dir, require_file, resolve_checkpoint
     overrides = parse_overrides(args.set)
     experiment = args.experiment
-    config = _load_config(experiment, overrides)
-    out_root = experiment_output_dir(config, experiment)
+    if args.model:
+        if args.checkpoint:
+            raise UsageError("--checkpoint and --model: give one (an edge export holds its weights)")
+        if not experiment and not (args.annotations and args.images and args.output):
+            raise UsageError("--model without --experiment needs --annotations, --images and --output")
+        model_path = _require_edge_model(args.model)
+    elif not experiment:
+        raise UsageError("--experiment is required (or --model with --annotations, --images and --output)")
+    config = _load_config(experiment, overrides) if experiment else None
+    out_root = experiment_output_dir(config, experiment) if experiment else None
     annotations = require_file(args.annotations or config_path(config.eval_annotations), "annotation file")
     images = require_dir(args.images or config_path(config.eval_images), "image folder")
+    if args.model:
+        return _test_edge_model(args, model_path, annotations, images,
+                                args.output or os.path.join(out_root, "eval_dump", os.path.basename(model_path)))
     _require_checkpoint(args.checkpoint, "--checkpoint")
     output = args.output or os.path.join(out_root, "eval_dump")
     checkpoint = resolve_checkpoint(args.checkpoint or os.path.join(out_root, "model_dump"))
@@ -269,6 +280,37 @@ def run_test(args):
     print(f"wrote {results_path}\nwrote {metrics_path}")
 
 
+def _test_edge_model(args, model_path, annotations, images, output):
+    from lhrcnn.data.coco import load_coco
+    from lhrcnn.evaluation import coco_eval
+    from lhrcnn.export.edge_runtime import EdgeModel
+    from lhrcnn.predictor import read_image
+    try:
+        model = EdgeModel(model_path)
+    except (FileNotFoundError, ValueError, ImportError) as e:
+        raise UserError(f"--model: {e}") from None
+    try:
+        dataset = load_coco(annotations, images, class_names=model.class_names)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(f"cannot read the eval set {annotations}: {e}") from None
+    records = dataset.records[:args.max_images] if args.max_images else dataset.records
+    if not records:
+        raise UserError(f"no images to evaluate in {annotations} (with images in {images})")
+    print(f"evaluating {model_path} ({model.format}, {model.info['quantize']}, {model.provider}) on {len(records)} "
+          f"images of {annotations}")
+    results, image_ids, speed = coco_eval.run_edge_inference(model, records, dataset.category_ids, read_image)
+    stats = coco_eval.evaluate(dataset.annotation_file, results, image_ids=image_ids, verbose=False)
+    results_path = coco_eval.write_json(os.path.join(output, "results.json"), results)
+    metrics = dict(stats)
+    metrics.update(images=len(image_ids), images_per_second=speed["images_per_second"], seconds=speed["seconds"],
+                   model=os.path.abspath(model_path), format=model.format, quantize=model.info["quantize"],
+                   runtime=model.provider, annotations=os.path.abspath(annotations))
+    metrics_path = coco_eval.write_json(os.path.join(output, "metrics.json"), metrics, indent=1)
+    print(stats.summary)
+    print(f"{len(image_ids)} images, {len(results)} detections, {speed['images_per_second']:.2f} images/s")
+    print(f"wrote {results_path}\nwrote {metrics_path}")
+
+
 # ----------------------------------------------------------------------------- predict / demo
 
 
@@ -289,14 +331,17 @@ def _predict(args, *, overrides, default_output, score_threshold):
         except ValueError as e:
             raise UserError(str(e)) from None
     try:
-        if args.saved_model:
+        if getattr(args, "model", None):
+            predictor = predictor_lib.Predictor.from_edge_model(args.model, score_threshold=score_threshold)
+            source = {"model": os.path.abspath(predictor.edge_model.path)}
+        elif args.saved_model:
             predictor = predictor_lib.Predictor.from_saved_model(args.saved_model, score_threshold=score_threshold)
             source = {"saved_model": os.path.abspath(predictor.saved_model)}
         else:
             predictor = predictor_lib.Predictor(args.experiment, args.checkpoint, score_threshold=score_threshold,
                                                 **overrides)
             source = {"checkpoint": os.path.abspath(predictor.checkpoint)}
-    except ValueError as e:
+    except (ValueError, ImportError) as e:
         raise UserError(str(e)) from None
     output = args.output or default_output
     os.makedirs(output, exist_ok=True)
@@ -317,12 +362,17 @@ def _predict(args, *, overrides, default_output, score_threshold):
 
 
 def run_predict(args):
-    if bool(args.experiment) == bool(args.saved_model):
-        raise UsageError("give exactly one of --experiment DIR (with --checkpoint) or --saved-model DIR")
-    if args.saved_model:
+    if sum(bool(v) for v in (args.experiment, args.saved_model, args.model)) != 1:
+        raise UsageError("give exactly one of --experiment DIR (with --checkpoint), --saved-model DIR or --model FILE")
+    if args.saved_model or args.model:
         for flag, value in (("--checkpoint", args.checkpoint), ("--set", args.set)):
             if value:
-                raise UsageError(f"{flag} applies to --experiment only (a SavedModel holds its weights and config)")
+                raise UsageError(f"{flag} applies to --experiment only (an export holds its weights and config)")
+    if args.model:
+        _require_edge_model(args.model)
+        return _predict(args, overrides={}, default_output=os.path.join("output", "predict"),
+                        score_threshold=args.score_threshold)
+    if args.saved_model:
         from lhrcnn.predictor import saved_model_version
         saved_model_version(args.saved_model)  # MissingPathError naming it, before TensorFlow
         return _predict(args, overrides={}, default_output=os.path.join("output", "predict"),
@@ -335,11 +385,28 @@ def run_predict(args):
                     default_output=os.path.join(experiment_output_dir(config, args.experiment), "predict"))
 
 
+def _require_edge_model(path):
+    """UserError naming an edge model file that is missing or of another kind (no TensorFlow)."""
+    from lhrcnn.export import edge_runtime
+    if os.path.isdir(path):
+        path = os.path.join(path, edge_runtime.TFLITE_FILE if os.path.isfile(
+            os.path.join(path, edge_runtime.TFLITE_FILE)) else edge_runtime.ONNX_FILE)
+    if not path.endswith((".tflite", ".onnx")):
+        raise UsageError(f"--model {path}: an edge model is a .tflite or .onnx file (--saved-model takes SavedModels)")
+    if not os.path.isfile(path):
+        raise MissingPathError(f"--model: {path} does not exist")
+    try:
+        edge_runtime.read_info(path)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(f"--model: {e}") from None
+    return path
+
+
 def run_demo(args):
     from lhrcnn.paths import experiment_output_dir
     config = _load_config(args.experiment)
     _require_checkpoint(args.checkpoint, "--checkpoint")
-    args = argparse.Namespace(**vars(args), saved_model=None)
+    args = argparse.Namespace(**vars(args), saved_model=None, model=None)
     return _predict(args, overrides={}, score_threshold=args.score_threshold,
                     default_output=os.path.join(experiment_output_dir(config, args.experiment), "demo"))
 
@@ -360,16 +427,33 @@ def run_export(args):
     if args.score_threshold is not None:
         overrides["test_score_threshold"] = args.score_threshold
     experiment = args.experiment
+    edge = args.format != "savedmodel"
+    if edge:
+        from lhrcnn.export import edge as edge_lib
+        if args.ops != "tf":
+            raise UsageError(f"--format {args.format} holds stock ops only: leave out --ops custom")
+        if args.version is not None:
+            raise UsageError(f"--version is for SavedModels; --format {args.format} writes the --output folder")
+        if args.format == "onnx" and args.quantize != "none":
+            raise UsageError("--format onnx is float32: --quantize applies to --format tflite")
+        try:
+            input_size = edge_lib.parse_input_size(args.input_size) if args.input_size else None
+        except ValueError as e:
+            raise UsageError(f"--input-size: {e}") from None
+    elif args.quantize != "none" or args.input_size:
+        raise UsageError("--quantize and --input-size apply to --format tflite / onnx")
     config = _load_config(experiment, overrides)
     output = os.path.abspath(args.output)
     if os.path.exists(output) and not os.path.isdir(output):
         raise UserError(f"--output {output} exists and is not a folder")
+    if edge and os.path.isdir(output) and os.listdir(output):
+        raise UserError(f"--output {output} is not empty; an edge export writes a folder of its own")
     if args.annotations is not None and not os.path.isfile(args.annotations):
         raise MissingPathError(f"annotation file {args.annotations} does not exist")
     _require_checkpoint(args.checkpoint, "--checkpoint")
     from lhrcnn.export.saved_model import next_version
-    version = args.version or next_version(output)
-    if os.path.exists(os.path.join(output, str(version))):
+    version = None if edge else args.version or next_version(output)
+    if not edge and os.path.exists(os.path.join(output, str(version))):
         raise UserError(f"{os.path.join(output, str(version))} exists already; refusing to overwrite a version "
                         "(pick another --version, or leave it out for the next one)")
     checkpoint = resolve_checkpoint(args.checkpoint or os.path.join(experiment_output_dir(config, experiment),
@@ -388,6 +472,9 @@ def run_export(args):
         from lhrcnn import ops
         if not ops.custom_ops_available():
             raise UserError(f"--ops custom needs the compiled ops: {ops.custom_ops_load_error()}")
+    if edge:
+        return _export_edge(args, experiment, config, overrides, checkpoint, output, category_ids, source,
+                            input_size)
 
     from lhrcnn.detector import load_detector
     from lhrcnn.export.saved_model import export_saved_model
@@ -413,6 +500,38 @@ def run_export(args):
     else:
         print(f"serve it: docker run -p 8500:8500 -p 8501:8501 -v {output}:/models/{name} -e MODEL_NAME={name} "
               "tensorflow/serving:2.20.0")
+
+
+def _export_edge(args, experiment, config, overrides, checkpoint, output, category_ids, source, input_size):
+    from lhrcnn.export import edge as edge_lib
+    calibration = None
+    if args.quantize == "int8":
+        from lhrcnn.data.coco import load_coco
+        from lhrcnn.paths import config_path, require_dir, require_file
+        annotations = require_file(config_path(config.train_annotations), "int8 calibration: training annotations")
+        images = require_dir(config_path(config.train_images), "int8 calibration: training images")
+        try:
+            calibration = load_coco(annotations, images, class_names=config.class_names)
+        except (FileNotFoundError, ValueError) as e:
+            raise UserError(f"int8 calibration: cannot read the training set {annotations}: {e}") from None
+    size = input_size or edge_lib.default_input_size(config)
+    print(f"exporting {checkpoint} as {args.format} ({args.quantize}, input uint8 [1, {size[0]}, {size[1]}, 3]) "
+          f"to {output}")
+    try:
+        path = edge_lib.export_edge(
+            experiment, checkpoint, output, fmt=args.format, quantize=args.quantize, input_size=size,
+            overrides=overrides, category_ids=category_ids, calibration_dataset=calibration,
+            calibration_images=args.calibration_images, verify=args.verify,
+            info={"experiment": os.path.abspath(experiment), "checkpoint": os.path.abspath(checkpoint),
+                  "category_ids_from": source})
+    except (FileExistsError, ValueError, RuntimeError, ImportError) as e:
+        raise UserError(str(e)) from None
+    with open(os.path.join(path, "export_info.json")) as f:
+        info = json.load(f)
+    count = sum(sum(k.values()) if isinstance(k, dict) else k for k in info["ops"].values())
+    print(f"wrote {path}: {info['model_bytes'] / 2**20:.1f} MiB, {count} "
+          f"ops of {len(info['ops'])} kinds" + (f", int8: {', '.join(info['int8_ops'])}" if info["int8_ops"] else ""))
+    print(f"  evaluate it: lhrcnn test --model {os.path.join(path, 'model.' + args.format)} --experiment {experiment}")
 
 
 # ----------------------------------------------------------------------------- convert
@@ -750,9 +869,16 @@ Runs the detector over the eval set, writes <output>/results.json (COCO results 
 <output>/metrics.json (the 12 COCOeval statistics, images, images/s, checkpoint) and prints the
 statistics. Defaults: the latest checkpoint in output/<user>/<experiment>/model_dump/, the config's
 eval_annotations / eval_images, output/<user>/<experiment>/eval_dump/. Paths from the config and on
-the command line are relative to the working directory.""", (
-        Flag("experiment", "string", None, _EXPERIMENT, required=True),
+the command line are relative to the working directory.
+
+--model evaluates an edge export (model.tflite or model.onnx of `lhrcnn export --format
+tflite|onnx`) instead, run by LiteRT or ONNX Runtime, with the same COCO evaluation; --experiment
+then only gives the eval set and the output folder (output/<user>/<experiment>/eval_dump/<model
+file name>/), and may be left out when --annotations, --images and --output are given.""", (
+        Flag("experiment", "string", None, _EXPERIMENT),
         Flag("checkpoint", "string", None, _CHECKPOINT),
+        Flag("model", "string", None, "An edge export to evaluate (model.tflite or model.onnx) instead of a "
+             "checkpoint.", metavar="FILE"),
         Flag("annotations", "string", None, "COCO instances json (default: the config's eval_annotations)."),
         Flag("images", "string", None, "Image folder (default: the config's eval_images)."),
         Flag("output", "string", None, "Where results.json and metrics.json go (default: "
@@ -771,6 +897,8 @@ Prints each detection (class, score, box x1, y1, x2, y2 in the image's pixels) a
         Flag("checkpoint", "string", None, _CHECKPOINT),
         Flag("saved_model", "string", None, "An export of `lhrcnn export` instead of --experiment: a version "
              "folder, or the model's base folder (its newest version)."),
+        Flag("model", "string", None, "An edge export (model.tflite or model.onnx of `lhrcnn export --format "
+             "tflite|onnx`) instead of --experiment, run by LiteRT or ONNX Runtime.", metavar="FILE"),
         Flag("output", "string", None, "Output folder (default: output/<user>/<experiment>/predict/, or "
              "output/predict/ with --saved-model)."),
         Flag("score_threshold", "float", None, "Keep detections scoring above this (default: the config's "
@@ -785,8 +913,8 @@ side, mean, padding); for each, <output>/<name>_detections.png (boxes, class nam
         Flag("output", "string", None, "Output folder (default: output/<user>/<experiment>/demo/)."),
         Flag("score_threshold", "float", 0.5, "Keep detections scoring above this."),
         VERBOSE), run_demo, positional=("images", "IMAGE", "image files")),
-    Command("export", "export a trained detector as a SavedModel version for TF Serving", """\
-Writes <output>/<version>/ (saved_model.pb, variables/, assets.extra/ with the warm-up requests,
+    Command("export", "export a trained detector: SavedModel (TF Serving), LiteRT or ONNX", """\
+--format savedmodel (default) writes <output>/<version>/ (saved_model.pb, variables/, assets.extra/ with the warm-up requests,
 label_map.json and export_info.json), atomically; an existing version is never overwritten.
 Signatures: serving_default (images uint8 [N, H, W, 3]) and serve_bytes (image_bytes string [N],
 JPEG or PNG); outputs detection_boxes (normalised y1, x1, y2, x2), detection_scores,
@@ -796,7 +924,12 @@ detection_classes (category ids), num_detections, detection_boxes_pixels (x1, y1
 compiled lhrcnn ops in the graph (a server built with //ops:lhrcnn_ops). Defaults: the latest
 checkpoint in output/<user>/<experiment>/model_dump/, the next version, the config's
 test_max_detections and test_score_threshold, category ids from --annotations or the config's
-eval_annotations (else COCO's ids for COCO's classes, else the class index).""", (
+eval_annotations (else COCO's ids for COCO's classes, else the class index).
+
+--format tflite / onnx writes <output>/ (model.tflite or model.onnx, label_map.json,
+export_info.json) for runtimes without TensorFlow: one fixed input, uint8 [1, H, W, 3]
+(--input-size), with the eval preprocessing inside and the SavedModel's outputs; LiteRT models use
+builtin ops only. `lhrcnn test --model` and `lhrcnn predict --model` run them (docs/edge.md).""", (
         Flag("experiment", "string", None, _EXPERIMENT, required=True),
         Flag("checkpoint", "string", None, _CHECKPOINT),
         Flag("output", "string", None, "The model's base folder (TF Serving's model_base_path); the export goes "
@@ -813,6 +946,17 @@ eval_annotations (else COCO's ids for COCO's classes, else the class index).""",
              "config's eval_annotations when it exists)."),
         Flag("verify", "boolean", True, "Load the written model and run its warm-up requests before putting the "
              "version in place."),
+        Flag("format", "enum", "savedmodel", "savedmodel: a SavedModel version for TF Serving; tflite: a LiteRT "
+             "model (builtin ops only); onnx: an ONNX model (tf2onnx, opset 17). tflite and onnx write "
+             "model.<format>, label_map.json and export_info.json into --output.",
+             choices=("savedmodel", "tflite", "onnx")),
+        Flag("quantize", "enum", "none", "tflite: none (float32), float16 (weights), dynamic (int8 weights), int8 "
+             "(weights and activations, calibrated on training images; ops without int8 kernels stay float).",
+             choices=("none", "float16", "dynamic", "int8")),
+        Flag("input_size", "string", None, "tflite / onnx: the fixed input HxW in pixels (default: the eval short "
+             "side, square); other images are letterboxed into it.", metavar="HxW"),
+        Flag("calibration_images", "integer", 100, "int8: training images to calibrate on (a seeded random choice).",
+             lower_bound=1),
         SET, VERBOSE), run_export),
     Command("convert", "convert a TF1 checkpoint (the original code's, or slim ImageNet) to TF2", """\
 Converts a TF1 checkpoint of the original code (or a slim ImageNet checkpoint) to a TF2 checkpoint of

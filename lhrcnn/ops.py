@@ -520,6 +520,10 @@ def nms(boxes, scores, max_output_size, iou_threshold, score_threshold=float("-i
     return _nms_twin(boxes, scores, k, iou, score_threshold, class_ids, box_offset)
 
 
+# Batched twin NMS over at most this many problems of a static batch is unrolled (see _nms_twin).
+NMS_UNROLL_LIMIT = 128
+
+
 def _nms_checks(boxes, scores, class_ids):
     checks = [tf.debugging.assert_equal(tf.shape(scores), tf.shape(boxes)[:-1],
                                         message="nms: scores must match boxes' leading dimensions")]
@@ -571,6 +575,14 @@ def _nms_twin(boxes, scores, k, iou, score_threshold, class_ids, box_offset):
         boxes = tf.identity(boxes)
     if boxes.shape.rank == 2:
         return _nms_one(boxes, scores, k, iou, score_threshold, class_ids, box_offset)
+    problems = boxes.shape[0]
+    if problems is not None and problems <= NMS_UNROLL_LIMIT and class_ids is None:
+        # A static batch (e.g. a batch-1 export's per-class problems): one NMS op per problem and
+        # no loop, which converters without control flow (LiteRT's calibrator) need. The same op
+        # per problem as map_fn's body, so the same result.
+        results = [_nms_one(boxes[i], scores[i], k, iou, score_threshold, None, box_offset) for i in range(problems)]
+        return (tf.stack([r[0] for r in results]) if results else tf.zeros([0, k], tf.int32),
+                tf.stack([r[1] for r in results]) if results else tf.zeros([0], tf.int32))
     elems = (boxes, scores) if class_ids is None else (boxes, scores, class_ids)
     return tf.map_fn(
         lambda e: _nms_one(e[0], e[1], k, iou, score_threshold, e[2] if class_ids is not None else None,

@@ -158,7 +158,8 @@ class Predictor:
     detector (config overrides as in lhrcnn.load_detector, e.g. ops_backend="tf") with the weights
     of `checkpoint` (a prefix or a folder; default: the latest one in the experiment's
     output/<user>/<experiment>/model_dump/). Predictor.from_saved_model(path) reads an export
-    instead; Predictor.from_detector(detector) wraps a detector already built.
+    instead; Predictor.from_edge_model(path) a LiteRT or ONNX export; Predictor.from_detector(detector)
+    wraps a detector already built.
 
     score_threshold: detections scoring above this are kept (score > S, the rule of the
     detector's own post-processing and of the original); default: the config's
@@ -219,6 +220,26 @@ class Predictor:
         predictor._run = run
         predictor.class_names = names
         predictor.score_threshold = baked if score_threshold is None else float(score_threshold)
+        return predictor
+
+    @classmethod
+    def from_edge_model(cls, path, *, score_threshold=None, num_threads=None):
+        """A predictor over an edge export of `lhrcnn export --format tflite|onnx` (model.tflite or
+        model.onnx, or its folder), run by LiteRT or ONNX Runtime (lhrcnn.export.edge_runtime);
+        images of any size are letterboxed into its fixed input."""
+        from lhrcnn.export.edge_runtime import EdgeModel
+        model = EdgeModel(path, num_threads=num_threads)
+
+        def run(image):
+            boxes, scores, classes, _ = model.detect(image, score_threshold=float("-inf"))
+            return boxes, scores, classes, len(scores)
+
+        predictor = cls.__new__(cls)
+        predictor.config, predictor.detector, predictor.checkpoint, predictor.saved_model = None, None, None, None
+        predictor.edge_model = model
+        predictor._run = run
+        predictor.class_names = model.class_names
+        predictor.score_threshold = model.score_threshold if score_threshold is None else float(score_threshold)
         return predictor
 
     def _set_detector(self, detector, score_threshold):

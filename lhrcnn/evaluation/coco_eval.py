@@ -214,6 +214,44 @@ def run_inference(detector, tf_dataset, category_ids, progress=True, num_images=
     return results, image_ids, stats
 
 
+def run_edge_inference(model, records, category_ids, read_image, progress=True):
+    """Runs an edge export (lhrcnn.export.edge_runtime.EdgeModel) over image records, one image
+    at a time, and converts its detections to COCO results.
+
+    Args:
+      model: an EdgeModel. records: ImageRecords (image_id, path).
+      category_ids: class index -> the dataset's category id (see detections_to_coco).
+      read_image: path -> uint8 [H, W, 3] RGB (the TF pipeline's decoder where TensorFlow is
+        there, for the same pixels).
+    Returns:
+      (results, image_ids, stats) as run_inference; images that cannot be read are skipped with a
+      warning naming them.
+    """
+    import logging
+    results, image_ids = [], []
+    meter = Progress(len(records), name="eval", unit="img") if progress else None
+    start, first = time.perf_counter(), None
+    for record in records:
+        try:
+            pixels = read_image(record.path)
+        except (FileNotFoundError, ValueError) as e:
+            logging.warning("skipping image %s: %s", record.path, e)
+            continue
+        boxes, scores, classes, _ = model.detect(pixels)
+        results.extend(detections_to_coco([record.image_id], boxes[None], scores[None], classes[None],
+                                          [len(scores)], category_ids))
+        image_ids.append(int(record.image_id))
+        if first is None:
+            first = time.perf_counter() - start
+        if meter is not None:
+            meter.update(len(image_ids))
+    seconds = time.perf_counter() - start
+    rate = ((len(image_ids) - 1) / (seconds - first) if len(image_ids) > 1 and seconds > first
+            else (len(image_ids) / seconds if seconds > 0 else 0.0))
+    return results, image_ids, {"images": len(image_ids), "seconds": seconds, "first_batch_seconds": first or 0.0,
+                                "images_per_second": rate}
+
+
 def write_json(path, obj, indent=None):
     """Writes `obj` as json to `path` atomically (a temporary file in the same folder, then
     os.replace): readers never see a half-written file. Creates the folder."""
