@@ -22,6 +22,7 @@ every sample is plain bilinear interpolation on the map zero-padded by one pixel
 """
 import json
 import logging
+import contextlib
 import math
 import os
 import sys
@@ -183,29 +184,43 @@ def resolve_backend(backend=None):
 # ----------------------------------------------------------------------------- argument checks
 
 
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+# The largest attribute values the ops accept, on both backends (the compiled ops check the same
+# limits, ops/kernels/common.h): every count and buffer size they imply fits in int32, and the work
+# of one call stays proportional to its output (at most MAX_SAMPLING_RATIO² samples per output
+# value), so one request cannot stall a server.
+MAX_GROUP_SIZE = 64
+MAX_OUTPUT_SIZE = 256
+MAX_SAMPLING_RATIO = 64
+MAX_NMS_OUTPUT = 1 << 24
+
+
+def _positive_int(name, value, maximum):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= maximum:
+        raise ValueError(f"{name} must be an integer in [1, {maximum}], got {value!r}")
     return int(value)
 
 
-def _pair(name, value):
+def _pair(name, value, maximum):
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         value = (value, value)
     try:
         a, b = value
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a positive integer or a pair of them, got {value!r}") from None
-    return _positive_int(name, a), _positive_int(name, b)
+        raise ValueError(f"{name} must be an integer in [1, {maximum}] or a pair of them, got {value!r}") from None
+    return _positive_int(name, a, maximum), _positive_int(name, b, maximum)
 
 
 def _positive_float(name, value):
+    """A positive number that is a finite, normal float32 (the ops' attribute type): 1e-300 or
+    1e-40 (0 or subnormal in float32) and 1e300 (inf) are refused, as the compiled ops refuse them."""
     try:
         v = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a positive finite number, got {value!r}") from None
-    if not (v > 0 and math.isfinite(v)):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    single = np.float32(v) if math.isfinite(v) and abs(v) < 3.5e38 else np.float32(np.inf)
+    if not (v > 0 and np.isfinite(single) and single >= np.finfo(np.float32).tiny):
+        raise ValueError(f"{name} must be a positive finite number that is a normal float32 "
+                         f"(in [{np.finfo(np.float32).tiny:.3g}, {np.finfo(np.float32).max:.3g}]), got {value!r}")
     return v
 
 
@@ -279,11 +294,58 @@ def _axis_taps(coords, size):
     return (tf.clip_by_value(lo, 0, size_i - 1), tf.clip_by_value(lo + 1, 0, size_i - 1), w_lo, w_hi)
 
 
+def _opaque(value, dtype=tf.float32):
+    """A constant that graph rewrites cannot fold into the arithmetic around it. Grappler's
+    constant folding rewrites e.g. `c1 * (x / c2)` with constants c1, c2 into `(c1 / c2) * x`,
+    which rounds differently: at a bin edge that is a whole number, floor / ceil then move by one
+    pixel, and the twin stops matching the kernels (which compute each step in float32, in the
+    order written). A PlaceholderWithDefault is not a constant to Grappler (it can be fed)."""
+    value = np.asarray(value, dtype.as_numpy_dtype)
+    return tf.raw_ops.PlaceholderWithDefault(input=tf.constant(value), shape=value.shape)
+
+
+_FLOAT64_EMULATION = [True]
+
+
+@contextlib.contextmanager
+def float32_twin_arithmetic():
+    """Within it, the twins trace _div and _mul_add as plain float32 ops instead of their float64
+    emulation: for converters without float64 arithmetic (LiteRT's builtin ops), which apply no
+    rewrite that reorders float32 rounding. Graph mode and XLA need the emulation (see _div)."""
+    _FLOAT64_EMULATION.append(False)
+    try:
+        yield
+    finally:
+        _FLOAT64_EMULATION.pop()
+
+
+def _div(x, divisor):
+    """float32 x / divisor (a positive whole number), rounded as float32 division rounds, in
+    graph mode and under XLA alike. XLA rewrites a division by a constant into a multiplication by
+    its float32 reciprocal (3 / 7 then rounds up, and 7 · (3 / 7) exceeds 3); in float64 the
+    reciprocal's error is far below the distance from any quotient of a float32 by a small whole
+    number to a float32 rounding boundary, so the float64 quotient, however computed, rounds to
+    the float32 one."""
+    if not _FLOAT64_EMULATION[-1]:
+        return x / _opaque(divisor)
+    return tf.cast(tf.cast(x, tf.float64) / _opaque(divisor, tf.float64), tf.float32)
+
+
+def _mul_add(a, b, c):
+    """float32 a · b + c rounded after the product and after the sum, as the kernels compute it
+    (-ffp-contract=off), in every mode: through float64, where the product of two float32s is
+    exact and the sum rounds to the float32 sum, so XLA cannot fuse the two into one FMA."""
+    if not _FLOAT64_EMULATION[-1]:
+        return a * b + c
+    product = tf.cast(tf.cast(a, tf.float64) * tf.cast(b, tf.float64), tf.float32)
+    return tf.cast(tf.cast(product, tf.float64) + tf.cast(c, tf.float64), tf.float32)
+
+
 def _sample_fractions(pooled, samples):
     """p + (i + 0.5) / S for every sample row, float32 as the kernels compute it."""
     p = np.repeat(np.arange(pooled, dtype=np.float32), samples)
     i = np.tile(np.arange(samples, dtype=np.float32), pooled)
-    return p + (i + np.float32(0.5)) / np.float32(samples)
+    return _opaque(p + (i + np.float32(0.5)) / np.float32(samples))
 
 
 def _align_twin(features, rois, pooled_h, pooled_w, sampling, spatial_scale, pooling, aligned,
@@ -303,17 +365,17 @@ def _align_twin(features, rois, pooled_h, pooled_w, sampling, spatial_scale, poo
         table = features
     table = tf.reshape(table, [batch * planes * height * width, k])  # explicit: k may be 0
 
-    scale = tf.constant(spatial_scale, tf.float32)
-    offset = tf.constant(0.5 if aligned else 0.0, tf.float32)
+    scale = _opaque(spatial_scale)
+    offset = _opaque(0.5 if aligned else 0.0)
     b = tf.cast(rois[:, 0], tf.int32)
     xs = rois[:, 1] * scale - offset
     ys = rois[:, 2] * scale - offset
     xe = rois[:, 3] * scale - offset
     ye = rois[:, 4] * scale - offset
-    bw = tf.maximum(xe - xs, 0.0) / float(pooled_w)
-    bh = tf.maximum(ye - ys, 0.0) / float(pooled_h)
-    y = ys[:, None] + bh[:, None] * _sample_fractions(pooled_h, sh)[None, :]  # [R, PH*Sh]
-    x = xs[:, None] + bw[:, None] * _sample_fractions(pooled_w, sw)[None, :]  # [R, PW*Sw]
+    bw = _div(tf.maximum(xe - xs, 0.0), pooled_w)
+    bh = _div(tf.maximum(ye - ys, 0.0), pooled_h)
+    y = _mul_add(bh[:, None], _sample_fractions(pooled_h, sh)[None, :], ys[:, None])  # [R, PH*Sh]
+    x = _mul_add(bw[:, None], _sample_fractions(pooled_w, sw)[None, :], xs[:, None])  # [R, PW*Sw]
     y_lo, y_hi, wy_lo, wy_hi = _axis_taps(y, height)
     x_lo, x_hi, wx_lo, wx_hi = _axis_taps(x, width)
 
@@ -337,7 +399,7 @@ def _align_twin(features, rois, pooled_h, pooled_w, sampling, spatial_scale, poo
     if pooling == "max":
         winner = tf.argmax(values, axis=3, output_type=tf.int32)  # first maximal sample
         return tf.reduce_sum(values * tf.one_hot(winner, sh * sw, axis=3, dtype=values.dtype), axis=3)
-    return tf.reduce_sum(values, axis=3) / float(sh * sw)
+    return _div(tf.reduce_sum(values, axis=3), sh * sw)
 
 
 def _round_half_away(v):
@@ -357,22 +419,28 @@ def _ps_roi_pool_twin(features, rois, group_size, spatial_scale):
     sat = tf.pad(sat, [[0, 0], [0, 0], [0, 0], [1, 0], [1, 0], [0, 0]])  # [B, G, G, H+1, W+1, K]
     table = tf.reshape(sat, [batch * g * g * (height + 1) * (width + 1), k])
 
-    scale = tf.constant(spatial_scale, tf.float32)
+    # Every constant opaque (see _opaque): the bin edges are floor / ceil of float32 values.
+    scale = _opaque(spatial_scale)
     b = tf.cast(rois[:, 0], tf.int32)
     xs = _round_half_away(rois[:, 1]) * scale
     ys = _round_half_away(rois[:, 2]) * scale
-    xe = (_round_half_away(rois[:, 3]) + 1.0) * scale
-    ye = (_round_half_away(rois[:, 4]) + 1.0) * scale
-    bw = tf.maximum(xe - xs, 0.1) / float(g)
-    bh = tf.maximum(ye - ys, 0.1) / float(g)
-    p = tf.range(g, dtype=tf.float32)
+    xe = (_round_half_away(rois[:, 3]) + _opaque(1.0)) * scale
+    ye = (_round_half_away(rois[:, 4]) + _opaque(1.0)) * scale
+    bw = _div(tf.maximum(xe - xs, _opaque(0.1)), g)
+    bh = _div(tf.maximum(ye - ys, _opaque(0.1)), g)
+    p = _opaque(np.arange(g))
+    p_end = _opaque(np.arange(1, g + 1))
 
     def bounds(start, size, limit):
-        lo = tf.floor(p[None, :] * size[:, None] + start[:, None])
-        hi = tf.math.ceil((p[None, :] + 1.0) * size[:, None] + start[:, None])
+        lo = tf.floor(_mul_add(p[None, :], size[:, None], start[:, None]))
+        hi = tf.math.ceil(_mul_add(p_end[None, :], size[:, None], start[:, None]))
         lim = tf.cast(limit, tf.float32)
-        return (tf.cast(tf.clip_by_value(lo, 0.0, lim), tf.int32),
-                tf.cast(tf.clip_by_value(hi, 0.0, lim), tf.int32))
+
+        def clamp(v):  # the kernels' ClampToInt: fmaxf / fminf, so NaN (0 · inf of a huge RoI) -> 0
+            v = tf.where(v >= 0.0, v, tf.zeros_like(v))
+            return tf.cast(tf.where(v <= lim, v, lim + tf.zeros_like(v)), tf.int32)
+
+        return clamp(lo), clamp(hi)
 
     hs, he = bounds(ys, bh, height)  # [R, G]
     ws, we = bounds(xs, bw, width)
@@ -407,8 +475,8 @@ def ps_roi_align(features, rois, group_size, spatial_scale, sampling_ratio=(2, 2
     Returns:
       [R, G, G, K] float32; output (ph, pw, k) reads input channel (k * G + ph) * G + pw.
     """
-    g = _positive_int("group_size", group_size)
-    sampling = _pair("sampling_ratio", sampling_ratio)
+    g = _positive_int("group_size", group_size, MAX_GROUP_SIZE)
+    sampling = _pair("sampling_ratio", sampling_ratio, MAX_SAMPLING_RATIO)
     scale = _positive_float("spatial_scale", spatial_scale)
     pooling = _pooling(pooling)
     features, rois = _check_pool_inputs("ps_roi_align", features, rois, g * g)
@@ -433,8 +501,8 @@ def roi_align(features, rois, output_size, spatial_scale, sampling_ratio=(2, 2),
     Returns:
       [R, PH, PW, C] float32.
     """
-    ph, pw = _pair("output_size", output_size)
-    sampling = _pair("sampling_ratio", sampling_ratio)
+    ph, pw = _pair("output_size", output_size, MAX_OUTPUT_SIZE)
+    sampling = _pair("sampling_ratio", sampling_ratio, MAX_SAMPLING_RATIO)
     scale = _positive_float("spatial_scale", spatial_scale)
     pooling = _pooling(pooling)
     aligned = bool(aligned)
@@ -457,7 +525,7 @@ def ps_roi_pool(features, rois, group_size, spatial_scale, backend=None):
     Returns:
       [R, G, G, K] float32; output (ph, pw, k) reads input channel (k * G + ph) * G + pw.
     """
-    g = _positive_int("group_size", group_size)
+    g = _positive_int("group_size", group_size, MAX_GROUP_SIZE)
     scale = _positive_float("spatial_scale", spatial_scale)
     features, rois = _check_pool_inputs("ps_roi_pool", features, rois, g * g)
     if resolve_backend(backend) == "custom":
@@ -483,8 +551,8 @@ def nms(boxes, scores, max_output_size, iou_threshold, score_threshold=float("-i
       (indices [K] or [B, K] int32 in visiting order padded with -1, num_valid scalar or [B] int32).
     """
     if isinstance(max_output_size, bool) or not isinstance(max_output_size, (int, np.integer)) \
-            or max_output_size < 0:
-        raise ValueError(f"max_output_size must be a non-negative integer, got {max_output_size!r}")
+            or not 0 <= max_output_size <= MAX_NMS_OUTPUT:
+        raise ValueError(f"max_output_size must be an integer in [0, {MAX_NMS_OUTPUT}], got {max_output_size!r}")
     k = int(max_output_size)
     iou = float(iou_threshold)
     if not 0.0 <= iou <= 1.0:

@@ -21,6 +21,15 @@ const char* CudaErrorString(int code);
 // True for finite v (portable across host and device compilers; no -ffast-math here).
 LHRCNN_HD bool IsFinite(float v) { return v - v == 0.f; }
 
+// The largest attribute values the ops accept (the same in lhrcnn/ops.py, the shape functions and
+// the CPU and GPU kernels): every count and buffer size they imply fits in int32, and the work of
+// one call stays proportional to its output (at most kMaxSamplingRatio^2 samples per output
+// value, and a fixed number of bins per RoI).
+constexpr int64_t kMaxGroupSize = 64;        // position-sensitive bins per side (G^2 <= 4096 planes)
+constexpr int64_t kMaxPooledSize = 256;      // RoIAlign output bins per side
+constexpr int64_t kMaxSamplingRatio = 64;    // samples per bin per side
+constexpr int64_t kMaxNmsOutput = 1 << 24;   // NMS max_output_size
+
 // Error codes produced by the validators (0 = valid).
 enum RoiError : int {
   kRoiOk = 0,

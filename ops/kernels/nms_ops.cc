@@ -34,6 +34,9 @@ template <bool kGpu>
 class NmsOp : public OpKernel {
  public:
   explicit NmsOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    ::tensorflow::int64 k = 0;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("max_output_size", &k));
+    OP_REQUIRES_OK(ctx, tfglue::CheckIntAttr("LhrcnnNms", "max_output_size", k, 0, kMaxNmsOutput));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("max_output_size", &p_.max_output));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("iou_threshold", &p_.iou_threshold));
     OP_REQUIRES_OK(ctx, ctx->GetAttr("score_threshold", &p_.score_threshold));
@@ -142,6 +145,9 @@ REGISTER_OP("LhrcnnNms")
     .Attr("box_offset: float = 0.0")
     .Attr("class_aware: bool = false")
     .SetShapeFn([](InferenceContext* c) {
+      ::tensorflow::int64 k64 = 0;
+      TF_RETURN_IF_ERROR(c->GetAttr("max_output_size", &k64));
+      TF_RETURN_IF_ERROR(tfglue::CheckIntAttr("LhrcnnNms", "max_output_size", k64, 0, kMaxNmsOutput));
       int k;
       bool class_aware;
       TF_RETURN_IF_ERROR(c->GetAttr("max_output_size", &k));

@@ -20,9 +20,9 @@ namespace errors = ::tensorflow::errors;
 
 PsPoolParams ReadPoolParams(OpKernelConstruction* ctx) {
   PsPoolParams p;
+  LHRCNN_REQUIRES_OK_RETURN(ctx, p, tfglue::CheckPoolAttrs(ctx, ctx->def().op().c_str()));
   LHRCNN_REQUIRES_OK_RETURN(ctx, p, ctx->GetAttr("group_size", &p.group));
   LHRCNN_REQUIRES_OK_RETURN(ctx, p, ctx->GetAttr("spatial_scale", &p.spatial_scale));
-  LHRCNN_REQUIRES_OK_RETURN(ctx, p, tfglue::CheckScale(ctx->def().op().c_str(), p.spatial_scale));
   return p;
 }
 
@@ -117,6 +117,7 @@ REGISTER_OP("LhrcnnPsRoiPool")
     .Attr("group_size: int >= 1")
     .Attr("spatial_scale: float")
     .SetShapeFn([](InferenceContext* c) {
+      TF_RETURN_IF_ERROR(tfglue::CheckPoolAttrs(c, "LhrcnnPsRoiPool"));
       ShapeHandle features, rois;
       TF_RETURN_IF_ERROR(tfglue::InferPoolInputs(c, &features, &rois));
       int g;

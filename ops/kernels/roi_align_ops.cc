@@ -24,6 +24,8 @@ using tfglue::ShapeOf;
 // Output [R, PH, PW, K] (K = C / (PH * PW) when position-sensitive); argmax the same shape for
 // max pooling and [0] for mean pooling.
 ::tensorflow::Status AlignShape(InferenceContext* c, bool position_sensitive) {
+  TF_RETURN_IF_ERROR(tfglue::CheckAlignAttrs(c, position_sensitive ? "LhrcnnPsRoiAlign" : "LhrcnnRoiAlign",
+                                             position_sensitive));
   ShapeHandle features, rois;
   TF_RETURN_IF_ERROR(tfglue::InferPoolInputs(c, &features, &rois));
   int ph, pw;
@@ -53,6 +55,7 @@ using tfglue::ShapeOf;
 AlignParams ReadAlignParams(OpKernelConstruction* ctx, bool position_sensitive) {
   AlignParams p;
   p.position_sensitive = position_sensitive;
+  LHRCNN_REQUIRES_OK_RETURN(ctx, p, tfglue::CheckAlignAttrs(ctx, ctx->def().op().c_str(), position_sensitive));
   if (position_sensitive) {
     LHRCNN_REQUIRES_OK_RETURN(ctx, p, ctx->GetAttr("group_size", &p.pooled_h));
     p.pooled_w = p.pooled_h;

@@ -126,10 +126,51 @@ inline Status CheckRoisGpu(OpKernelContext* ctx, const char* op, const Tensor& r
 #endif
 
 inline Status CheckScale(const char* op, float scale) {
-  if (!(scale > 0.f) || !std::isfinite(scale))
-    return errors::InvalidArgument(op, ": spatial_scale must be a positive finite number, got ",
-                                   scale);
+  // Normal float32 only: a subnormal scale is 0 where denormals are flushed, and not elsewhere.
+  if (!(scale > 0.f) || std::fpclassify(scale) != FP_NORMAL)
+    return errors::InvalidArgument(op, ": spatial_scale must be a positive finite (normal) float32 number, "
+                                   "got ", scale);
   return ::tensorflow::OkStatus();
+}
+
+// An integer attribute in [lo, hi] (the limits of common.h), read as int64 before any product.
+inline Status CheckIntAttr(const char* op, const char* name, int64_t value, int64_t lo, int64_t hi) {
+  if (value < lo || value > hi)
+    return errors::InvalidArgument(op, ": ", name, " must be in [", lo, ", ", hi, "], got ", value);
+  return ::tensorflow::OkStatus();
+}
+
+// The attributes of PS-RoI pooling, checked in the shape functions and the kernels alike.
+template <typename Context>
+Status CheckPoolAttrs(Context* c, const char* op) {
+  ::tensorflow::int64 v = 0;
+  TF_RETURN_IF_ERROR(c->GetAttr("group_size", &v));
+  TF_RETURN_IF_ERROR(CheckIntAttr(op, "group_size", v, 1, kMaxGroupSize));
+  float scale = 0.f;
+  TF_RETURN_IF_ERROR(c->GetAttr("spatial_scale", &scale));
+  return CheckScale(op, scale);
+}
+
+// The attributes of the RoI-Align family, checked in the shape functions and the kernels alike.
+template <typename Context>
+Status CheckAlignAttrs(Context* c, const char* op, bool position_sensitive) {
+  ::tensorflow::int64 v = 0;
+  if (position_sensitive) {
+    TF_RETURN_IF_ERROR(c->GetAttr("group_size", &v));
+    TF_RETURN_IF_ERROR(CheckIntAttr(op, "group_size", v, 1, kMaxGroupSize));
+  } else {
+    TF_RETURN_IF_ERROR(c->GetAttr("pooled_height", &v));
+    TF_RETURN_IF_ERROR(CheckIntAttr(op, "pooled_height", v, 1, kMaxPooledSize));
+    TF_RETURN_IF_ERROR(c->GetAttr("pooled_width", &v));
+    TF_RETURN_IF_ERROR(CheckIntAttr(op, "pooled_width", v, 1, kMaxPooledSize));
+  }
+  TF_RETURN_IF_ERROR(c->GetAttr("sample_height", &v));
+  TF_RETURN_IF_ERROR(CheckIntAttr(op, "sample_height (sampling_ratio)", v, 1, kMaxSamplingRatio));
+  TF_RETURN_IF_ERROR(c->GetAttr("sample_width", &v));
+  TF_RETURN_IF_ERROR(CheckIntAttr(op, "sample_width (sampling_ratio)", v, 1, kMaxSamplingRatio));
+  float scale = 0.f;
+  TF_RETURN_IF_ERROR(c->GetAttr("spatial_scale", &scale));
+  return CheckScale(op, scale);
 }
 
 // Shape function helper: features [B, H, W, C], rois [R, 5]; returns C and R handles.
