@@ -238,7 +238,7 @@ def run_test(args):
     images = require_dir(args.images or config_path(config.eval_images), "image folder")
     if args.model:
         return _test_edge_model(args, model_path, annotations, images,
-                                args.output or os.path.join(out_root, "eval_dump", os.path.basename(model_path)))
+                                args.output or os.path.join(out_root, "eval_dump", _edge_eval_name(model_path)))
     _require_checkpoint(args.checkpoint, "--checkpoint")
     output = args.output or os.path.join(out_root, "eval_dump")
     checkpoint = resolve_checkpoint(args.checkpoint or os.path.join(out_root, "model_dump"))
@@ -278,6 +278,12 @@ def run_test(args):
     print(stats.summary)
     print(f"{len(image_ids)} images, {len(results)} detections, {speed['images_per_second']:.2f} images/s")
     print(f"wrote {results_path}\nwrote {metrics_path}")
+
+
+def _edge_eval_name(model_path):
+    """eval_dump/<name> of an edge model: its folder's name and format (thundernet_int8_tflite)."""
+    folder = os.path.basename(os.path.dirname(os.path.abspath(model_path)))
+    return f"{folder}_{os.path.splitext(model_path)[1].lstrip('.')}"
 
 
 def _test_edge_model(args, model_path, annotations, images, output):
@@ -607,7 +613,7 @@ def run_flops(args):
 
 # ----------------------------------------------------------------------------- benchmark
 
-SECTIONS = ("ops", "models", "throughput", "export", "distribute", "family")
+SECTIONS = ("ops", "models", "throughput", "export", "distribute", "family", "edge")
 
 
 def _benchmarks_package():
@@ -695,6 +701,14 @@ def run_benchmark(args):
                   f"{comm['bytes_per_gpu_per_step'] / 2 ** 20:.0f} MiB in and out of every GPU:")
             for link, ms in comm["allreduce_ms"].items():
                 print(f"  {link}: {ms:.1f} ms")
+        elif section == "edge":
+            from benchmarks import edge_bench
+            rows, extra = edge_bench.run(args.edge_models or tuple(edge_bench.MODELS), repeats=max(5, repeats))
+            print(f"\n== edge (batch 1, fresh child process per cell, median of {extra['rounds']} interleaved rounds; "
+                  f"{extra['cpus']} cores; GEMM {extra['gemm_gflops']:.0f} GFLOP/s) ==")
+            print(format_table(rows, edge_bench.COLUMNS))
+            print("GEMM floors: " + ", ".join(f"{r['model']} {r['gemm_floor_ms']:.1f} ms" for r in rows
+                                               if r["runtime"] == "tf_savedmodel"))
         else:  # family
             from benchmarks import family_bench
             rows, extra = family_bench.run(args.family_models or tuple(family_bench.MODELS),
@@ -873,8 +887,8 @@ the command line are relative to the working directory.
 
 --model evaluates an edge export (model.tflite or model.onnx of `lhrcnn export --format
 tflite|onnx`) instead, run by LiteRT or ONNX Runtime, with the same COCO evaluation; --experiment
-then only gives the eval set and the output folder (output/<user>/<experiment>/eval_dump/<model
-file name>/), and may be left out when --annotations, --images and --output are given.""", (
+then only gives the eval set and the output folder (output/<user>/<experiment>/eval_dump/<the
+model's folder>_<format>/), and may be left out when --annotations, --images and --output are given.""", (
         Flag("experiment", "string", None, _EXPERIMENT),
         Flag("checkpoint", "string", None, _CHECKPOINT),
         Flag("model", "string", None, "An edge export to evaluate (model.tflite or model.onnx) instead of a "
@@ -998,13 +1012,16 @@ stock-TF formulations), models (whole detectors: latency, GFLOP, floor, stage sp
 throughput (training images/s, the input pipeline alone, evaluation images/s), export (the
 SavedModel's latency with stock and custom ops, batch 1 and 8), distribute (training on 1 and 2
 logical CPU devices and 1 and 2 local workers, and the R-101 all-reduce cost on 8 GPUs), family
-(ThunderNet SNet49/146/535, DetNet-59 FPN and Double-Head R-50-FPN: batch-1 CPU latency). Default:
-all six. --peer also measures TF Model Garden's Faster R-CNN R-50-FPN in a separate environment
+(ThunderNet SNet49/146/535, DetNet-59 FPN and Double-Head R-50-FPN: batch-1 CPU latency), edge
+(TF SavedModel vs LiteRT float32 / float16 / int8 vs ONNX Runtime, 1 thread and all cores, file
+size, peak memory). Default: all seven. --peer also measures TF Model Garden's Faster R-CNN R-50-FPN in a separate environment
 (installed on first use). Targets are reported, never asserted.""", (
         Flag("sections", "multi", list(SECTIONS), "Section to run (repeatable): " + ", ".join(SECTIONS) + ".",
              metavar="SECTION"),
         Flag("family_models", "list", None, "Comma-separated models of the family section (default: all; see "
              "benchmarks/family_bench.py)."),
+        Flag("edge_models", "list", None, "Comma-separated models of the edge section (default: all; see "
+             "benchmarks/edge_bench.py)."),
         Flag("distribute_steps", "integer", 10, "Timed training steps per case (distribute).", lower_bound=1),
         Flag("train_steps", "integer", 30, "Timed training steps of the default model (throughput).",
              lower_bound=1),

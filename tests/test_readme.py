@@ -63,7 +63,7 @@ def test_the_readme_has_recipes():
     lines = [line for name, line in _documented_lines() if name == "README.md"]
     commands = {lhrcnn_argv(line)[0] for line in lines}
     assert {"predict", "new-experiment", "train", "test", "convert", "export"} <= commands, commands
-    assert len(_blocks(_readme(), ("python",))) >= 1
+    assert len(_blocks(_readme(), ("python",))) == 2  # the Predictor and the edge runtime
 
 
 @pytest.mark.parametrize("where,line", _documented_lines(), ids=lambda v: v if len(v) < 40 else v[:60])
@@ -107,6 +107,7 @@ def _workspace(tmp_path):
         os.makedirs(work / "data" / "mine", exist_ok=True)
         shutil.move(str(scratch / "annotations.json"), str(work / "data" / "mine" / f"{split}.json"))
         shutil.move(str(scratch / "images"), str(work / "data" / "mine" / split))
+    write_dataset(str(work / "data" / "synthetic" / "train"), 4, 13, workers=1)  # int8 calibration images
     val = sorted(glob.glob(str(work / "data" / "mine" / "val" / "*.jpg")))
     shutil.copy(val[0], work / "image.jpg")
     shutil.copy(val[1], work / "a.jpg")
@@ -139,6 +140,9 @@ def test_the_readme_recipes_run_as_written(tmp_path):
             export.parent.mkdir(parents=True, exist_ok=True)
             os.symlink(models / "thundernet", export)
     assert sorted(set(ran)) == ["export", "info", "new-experiment", "predict", "test", "train"], ran
+    assert json.loads((work / "output/edge/thundernet_int8/export_info.json").read_text())["int8_ops"]
+    edge_metrics = glob.glob(str(work / "output/lhrcnn/thundernet.snet146.synthetic/eval_dump/thundernet_int8_tflite/metrics.json"))
+    assert edge_metrics and "AP" in json.loads(open(edge_metrics[0]).read())
 
     for name in ("a", "b"):
         report = json.loads((work / "out" / f"{name}_detections.json").read_text())
@@ -152,7 +156,10 @@ def test_the_readme_recipes_run_as_written(tmp_path):
     assert {r["category_id"] for r in results} <= categories
     assert glob.glob(str(mine / "tensorboard" / "**" / "events.*"), recursive=True)
 
-    (snippet,) = _blocks(_readme(), ("python",))
-    out = _run(["-c", snippet + "\nprint('SNIPPET', len(detections), drawn.shape, served.class_names)\n"],
+    predictor_snippet, edge_snippet = _blocks(_readme(), ("python",))
+    out = _run(["-c", predictor_snippet + "\nprint('SNIPPET', len(detections), drawn.shape, served.class_names)\n"],
                cwd=str(work)).stdout
     assert "SNIPPET" in out and "circle" in out, out
+    out = _run(["-c", edge_snippet + "\nimport sys\nassert 'tensorflow' not in sys.modules\n"
+                "print('EDGE', boxes.shape, scores.shape, len(classes), len(category_ids))\n"], cwd=str(work)).stdout
+    assert "EDGE" in out, out

@@ -82,8 +82,10 @@ def edge_function(detector, input_size, category_ids):
 
 
 def tflite_op_types(model):
-    """{op name: {tensor type of its first output: count}} over every subgraph of a .tflite
-    flatbuffer (bytes); custom ops as "CUSTOM:<code>" (Flex ops: "CUSTOM:Flex<Op>")."""
+    """{op name: {the type it computes in: count}} over every subgraph of a .tflite flatbuffer
+    (bytes): the type of its first input (int8 for a quantised kernel, float32 for a float one;
+    QUANTIZE counts as float32, DEQUANTIZE as int8); custom ops as "CUSTOM:<code>" (Flex ops:
+    "CUSTOM:Flex<Op>")."""
     from tensorflow.lite.python import schema_py_generated as schema
     parsed = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model, 0))
     builtin = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
@@ -97,7 +99,8 @@ def tflite_op_types(model):
                 name = "CUSTOM:" + (code.customCode or b"").decode()
             else:
                 name = builtin.get(number, f"BUILTIN_{number}")
-            kind = types.get(subgraph.tensors[op.outputs[0]].type, "?") if len(op.outputs) else "none"
+            inputs = [i for i in (op.inputs if op.inputs is not None else []) if i >= 0]
+            kind = types.get(subgraph.tensors[inputs[0]].type, "?") if inputs else "none"
             by_type = found.setdefault(name, {})
             by_type[kind] = by_type.get(kind, 0) + 1
     return {name: found[name] for name in sorted(found)}
@@ -120,8 +123,13 @@ def convert_tflite(function, trackable, quantize, calibration=None):
     """bytes of the .tflite model of a traced `function` (builtin ops only). calibration: for
     int8, a list of uint8 [1, H, W, 3] inputs."""
     import tensorflow as tf
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()], trackable)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+
+    def new_converter():
+        made = tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()], trackable)
+        made.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        return made
+
+    converter = new_converter()
     if quantize == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
@@ -130,10 +138,7 @@ def convert_tflite(function, trackable, quantize, calibration=None):
     elif quantize == "int8":
         if not calibration:
             raise ValueError("int8 quantisation needs calibration images")
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: ([image] for image in calibration)
-        # int8 kernels where they exist, float builtins for the rest (same file)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+        return _convert_int8(new_converter, calibration)
     elif quantize != "none":
         raise ValueError(f"quantize must be one of {QUANTIZATIONS}, got {quantize!r}")
     try:
@@ -143,6 +148,51 @@ def convert_tflite(function, trackable, quantize, calibration=None):
         if ops:
             raise RuntimeError(f"LiteRT has no builtin op for {ops} (this export uses builtin ops only)") from None
         raise
+
+
+# Ops of the RPN and R-CNN stages that stay int8: the convolutions and fully connected layers.
+# Their other ops (anchor and box arithmetic, RoI sampling coordinates and bilinear weights, top-k,
+# softmax, NMS) and everything outside the detector (preprocessing, outputs) stay float32.
+INT8_STAGE_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"})
+_BOX_SCOPES = ("/rpn/", "/roi_head/")
+
+
+def float_nodes(model):
+    """Names of the ops of a float .tflite model (bytes) that full-integer quantisation keeps in
+    float32: outside the detector's scope, or inside its RPN / R-CNN stages and not one of
+    INT8_STAGE_OPS. (An op's name is its first output tensor's.)"""
+    from tensorflow.lite.python import schema_py_generated as schema
+    parsed = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model, 0))
+    builtin = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    names = []
+    for subgraph in parsed.subgraphs:
+        for op in subgraph.operators:
+            if op.outputs is None or not len(op.outputs):
+                continue
+            code = parsed.operatorCodes[op.opcodeIndex]
+            kind = builtin.get(max(code.builtinCode, code.deprecatedBuiltinCode), "")
+            name = subgraph.tensors[op.outputs[0]].name.decode()
+            in_detector = name.startswith("detector/")
+            in_stage = any(scope in name for scope in _BOX_SCOPES)
+            if not in_detector or (in_stage and kind not in INT8_STAGE_OPS):
+                names.append(name)
+    return names
+
+
+def _convert_int8(new_converter, calibration):
+    """Full-integer quantisation with the float parts of float_nodes: calibrate (the float model
+    with activation ranges), then the MLIR quantiser with those nodes denylisted."""
+    import tensorflow as tf
+    from tensorflow.lite.python import convert
+    float_model = new_converter().convert()
+    converter = new_converter()
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([image] for image in calibration)
+    converter.experimental_mlir_quantizer = True
+    converter._experimental_calibrate_only = True  # the documented selective-quantisation path (QuantizationDebugger)
+    calibrated = converter.convert()
+    return convert.mlir_quantize(calibrated, disable_per_channel=False, fully_quantize=False,
+                                 denylisted_nodes=float_nodes(float_model))
 
 
 # ----------------------------------------------------------------------------- ONNX
@@ -223,22 +273,24 @@ def _convert_in_this_process(*, experiment, checkpoint, overrides, fmt, quantize
                              calibration, output):
     """Builds the detector, converts it, writes the model file and `output`.ops.json."""
     from lhrcnn.detector import load_detector
+    from lhrcnn import ops as ops_lib
     detector = load_detector(experiment, checkpoint=checkpoint, **dict(overrides, ops_backend="tf"))
     function = edge_function(detector, input_size, category_ids)
-    if fmt == "tflite":
-        model = convert_tflite(function, detector, quantize, calibration)
-        ops = tflite_op_types(model)
-        check_tflite_ops(ops)
-        with open(output, "wb") as f:
-            f.write(model)
-    else:
-        model = convert_onnx(function, input_size)
-        import onnx
-        onnx.checker.check_model(model)
-        ops = onnx_op_types(model)
-        check_onnx_ops(ops)
-        with open(output, "wb") as f:
-            f.write(model.SerializeToString())
+    with ops_lib.float32_twin_arithmetic():  # neither format has float64 arithmetic everywhere (LiteRT)
+        if fmt == "tflite":
+            model = convert_tflite(function, detector, quantize, calibration)
+            ops = tflite_op_types(model)
+            check_tflite_ops(ops)
+            data = model
+        else:
+            model = convert_onnx(function, input_size)
+            import onnx
+            onnx.checker.check_model(model)
+            ops = onnx_op_types(model)
+            check_onnx_ops(ops)
+            data = model.SerializeToString()
+    with open(output, "wb") as f:
+        f.write(data)
     with open(output + ".ops.json", "w") as f:
         json.dump(ops, f)
 
