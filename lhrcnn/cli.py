@@ -446,8 +446,8 @@ def run_export(args):
             input_size = edge_lib.parse_input_size(args.input_size) if args.input_size else None
         except ValueError as e:
             raise UsageError(f"--input-size: {e}") from None
-    elif args.quantize != "none" or args.input_size:
-        raise UsageError("--quantize and --input-size apply to --format tflite / onnx")
+    elif args.quantize != "none" or args.input_size or not args.resize:
+        raise UsageError("--quantize, --input-size and --no-resize apply to --format tflite / onnx")
     config = _load_config(experiment, overrides)
     output = os.path.abspath(args.output)
     if os.path.exists(output) and not os.path.isdir(output):
@@ -527,7 +527,7 @@ def _export_edge(args, experiment, config, overrides, checkpoint, output, catego
         path = edge_lib.export_edge(
             experiment, checkpoint, output, fmt=args.format, quantize=args.quantize, input_size=size,
             overrides=overrides, category_ids=category_ids, calibration_dataset=calibration,
-            calibration_images=args.calibration_images, verify=args.verify,
+            calibration_images=args.calibration_images, verify=args.verify, resize=args.resize,
             info={"experiment": os.path.abspath(experiment), "checkpoint": os.path.abspath(checkpoint),
                   "category_ids_from": source})
     except (FileExistsError, ValueError, RuntimeError, ImportError) as e:
@@ -971,6 +971,9 @@ builtin ops only. `lhrcnn test --model` and `lhrcnn predict --model` run them (d
              "side, square); other images are letterboxed into it.", metavar="HxW"),
         Flag("calibration_images", "integer", 100, "int8: training images to calibrate on (a seeded random choice).",
              lower_bound=1),
+        Flag("resize", "boolean", True, "tflite / onnx: the model resizes its input by the eval rule (a frame of "
+             "the input size in, detections out); --no-resize: the input is an image already at the eval scale in "
+             "the canvas (what lhrcnn's runtime makes of any image), so nothing is resampled twice."),
         SET, VERBOSE), run_export),
     Command("convert", "convert a TF1 checkpoint (the original code's, or slim ImageNet) to TF2", """\
 Converts a TF1 checkpoint of the original code (or a slim ImageNet checkpoint) to a TF2 checkpoint of

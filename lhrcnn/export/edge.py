@@ -58,10 +58,23 @@ def parse_input_size(text):
     return height, width
 
 
-def edge_function(detector, input_size, category_ids):
-    """A tf.function of uint8 [1, H, W, 3] `images` -> the serving outputs (one fixed shape)."""
+def in_model_scale(config, input_size, resize=True):
+    """The scale the model's own preprocessing applies to its H x W input: the eval rule's, or 1
+    without the resize."""
+    if not resize:
+        return 1.0
+    return edge_runtime.eval_scale(*input_size, config.eval_image_short_size, config.eval_image_max_size)
+
+
+def edge_function(detector, input_size, category_ids, resize=True):
+    """A tf.function of uint8 [1, H, W, 3] `images` -> the serving outputs (one fixed shape).
+    resize: the eval preprocessing resizes the input by the eval rule (a camera frame of that
+    size in, detections out); False: the input is an image already at the eval scale, placed in
+    the H x W canvas (what edge_runtime.letterbox makes), and only the mean and the padding are
+    applied, so no pixel is resampled twice."""
     import tensorflow as tf
 
+    from lhrcnn.data import preprocess
     from lhrcnn.data.preprocess import preprocess_for_eval
     from lhrcnn.export import serving
     config = detector.config
@@ -70,7 +83,12 @@ def edge_function(detector, input_size, category_ids):
 
     @tf.function(input_signature=[tf.TensorSpec([1, height, width, 3], tf.uint8, name=edge_runtime.INPUT_NAME)])
     def detect(images):
-        padded, image_info = preprocess_for_eval(tf.cast(images, tf.float32), config)
+        if resize:
+            padded, image_info = preprocess_for_eval(tf.cast(images, tf.float32), config)
+        else:
+            padded = preprocess.pad_to_multiple(preprocess.normalise(tf.cast(images, tf.float32), config.image_mean),
+                                                config.size_divisor)
+            image_info = tf.constant([[height, width, 1.0, height, width]], tf.float32)
         detections = detector({"images": padded, "image_info": image_info}, training=False)
         # the table is a constant of the graph, not a captured tensor (which tf2onnx makes an input)
         return serving.serving_outputs(detections, image_info, tf.constant(table))
@@ -238,9 +256,10 @@ def check_onnx_ops(op_types):
 # ----------------------------------------------------------------------------- calibration
 
 
-def calibration_canvases(dataset, count, input_size, config, seed=0):
+def calibration_canvases(dataset, count, input_size, config, seed=0, model_scale=1.0):
     """`count` training images (a seeded random choice of the dataset's records) letterboxed to
-    the input size, each uint8 [1, H, W, 3]."""
+    the input size as edge_runtime.letterbox does for a model whose preprocessing scales by
+    `model_scale`, each uint8 [1, H, W, 3]."""
     from PIL import Image
     records = list(dataset.records)
     if not records:
@@ -252,7 +271,7 @@ def calibration_canvases(dataset, count, input_size, config, seed=0):
         with Image.open(records[i].path) as image:
             pixels = np.asarray(image.convert("RGB"))
         canvas, _ = edge_runtime.letterbox(pixels, *input_size, config.eval_image_short_size,
-                                           config.eval_image_max_size, mean)
+                                           config.eval_image_max_size, mean, model_scale)
         canvases.append(canvas[None])
     return canvases
 
@@ -270,12 +289,12 @@ edge._convert_in_this_process(**job)
 
 
 def _convert_in_this_process(*, experiment, checkpoint, overrides, fmt, quantize, input_size, category_ids,
-                             calibration, output):
+                             calibration, output, resize):
     """Builds the detector, converts it, writes the model file and `output`.ops.json."""
     from lhrcnn.detector import load_detector
     from lhrcnn import ops as ops_lib
     detector = load_detector(experiment, checkpoint=checkpoint, **dict(overrides, ops_backend="tf"))
-    function = edge_function(detector, input_size, category_ids)
+    function = edge_function(detector, input_size, category_ids, resize)
     with ops_lib.float32_twin_arithmetic():  # neither format has float64 arithmetic everywhere (LiteRT)
         if fmt == "tflite":
             model = convert_tflite(function, detector, quantize, calibration)
@@ -296,7 +315,8 @@ def _convert_in_this_process(*, experiment, checkpoint, overrides, fmt, quantize
 
 
 def export_edge(experiment, checkpoint, output_dir, *, fmt, quantize="none", input_size=None, overrides=None,
-                category_ids, calibration_dataset=None, calibration_images=100, info=None, verify=True):
+                category_ids, calibration_dataset=None, calibration_images=100, info=None, verify=True,
+                resize=True):
     """Writes `output_dir` (model.tflite or model.onnx, label_map.json, export_info.json) and
     returns its path.
 
@@ -308,6 +328,7 @@ def export_edge(experiment, checkpoint, output_dir, *, fmt, quantize="none", inp
       category_ids: class index -> dataset category id (what detection_classes holds).
       calibration_dataset, calibration_images: int8's training images and how many to use.
       verify: run the written model in its runtime on a test canvas before putting it in place.
+      resize: the model resizes its input by the eval rule (see edge_function).
     Raises:
       FileExistsError (output_dir is not empty), ValueError (arguments), RuntimeError (an op the
       format cannot hold, or the converter failed; the message names it).
@@ -329,7 +350,8 @@ def export_edge(experiment, checkpoint, output_dir, *, fmt, quantize="none", inp
     if quantize == "int8":
         if calibration_dataset is None:
             raise ValueError("int8 quantisation needs the experiment's training images (calibration_dataset)")
-        calibration = calibration_canvases(calibration_dataset, int(calibration_images), input_size, config)
+        calibration = calibration_canvases(calibration_dataset, int(calibration_images), input_size, config,
+                                           model_scale=in_model_scale(config, input_size, resize))
     parent = os.path.dirname(output_dir)
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix="." + os.path.basename(output_dir) + ".", dir=parent)
@@ -339,7 +361,7 @@ def export_edge(experiment, checkpoint, output_dir, *, fmt, quantize="none", inp
         model_path = os.path.join(staging, name)
         job = dict(experiment=os.path.abspath(experiment), checkpoint=checkpoint, overrides=overrides, fmt=fmt,
                    quantize=quantize, input_size=input_size, category_ids=[int(c) for c in category_ids],
-                   calibration=calibration, output=model_path)
+                   calibration=calibration, output=model_path, resize=bool(resize))
         _run_child(job, staging, f"{fmt} conversion ({quantize})")
         with open(model_path + ".ops.json") as f:
             ops = json.load(f)
@@ -349,7 +371,8 @@ def export_edge(experiment, checkpoint, output_dir, *, fmt, quantize="none", inp
                       f, indent=1)
         details = {
             "format": fmt, "quantize": quantize, "input": f"{edge_runtime.INPUT_NAME}: uint8 [1, {input_size[0]}, "
-            f"{input_size[1]}, 3] RGB", "input_size": list(input_size),
+            f"{input_size[1]}, 3] RGB", "input_size": list(input_size), "resize": bool(resize),
+            "in_model_scale": in_model_scale(config, input_size, resize),
             "outputs": list(edge_runtime.OUTPUT_NAMES), "ops": ops,
             "float_ops": sorted(op for op, kinds in ops.items() if isinstance(kinds, dict) and "float32" in kinds),
             "int8_ops": sorted(op for op, kinds in ops.items() if isinstance(kinds, dict) and "int8" in kinds),

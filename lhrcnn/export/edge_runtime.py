@@ -3,11 +3,12 @@ format's runtime only (LiteRT's `ai-edge-litert` for .tflite, `onnxruntime` for 
 imported when a model of its format is opened. Nothing here imports TensorFlow.
 
 An edge model has one fixed input, uint8 [1, H, W, 3] RGB (export_info.json's input_size), and
-applies the eval preprocessing to it inside (resize by the eval rule, mean, padding). An image of
-another size is letterboxed into the H x W canvas first (`letterbox`): resized, bilinear with
-half-pixel centres as TensorFlow's resize, by the largest scale that keeps it inside the canvas and
-no larger than the eval rule's, placed at the top left, and the rest filled with the mean colour
-(which the model's normalisation maps to within 0.5 of the zero padding the TF detector sees).
+applies the eval preprocessing to it inside (resize by the eval rule, unless exported without it,
+then mean and padding). An image of another size is letterboxed into the H x W canvas first
+(`letterbox`): resized, bilinear with half-pixel centres as TensorFlow's resize, so that after the
+model's own resize it is at the eval rule's scale (smaller if it would not fit), placed at the top
+left, and the rest filled with the mean colour (which the model's normalisation maps to within 0.5
+of the zero padding the TF detector sees).
 `EdgeModel.detect` maps the boxes back to the image's pixels.
 """
 import json
@@ -58,15 +59,18 @@ def resize_bilinear(image, height, width):
     return top + (bottom - top) * dy[:, None, None]
 
 
-def letterbox(image, canvas_height, canvas_width, short_size, max_size, mean_rgb):
+def letterbox(image, canvas_height, canvas_width, short_size, max_size, mean_rgb, model_scale=1.0):
     """(uint8 [canvas_height, canvas_width, 3], scale): `image` resized by
-    min(eval rule, fit inside the canvas), rounded to uint8, at the top left of a canvas filled
-    with the rounded mean colour."""
+    min(eval rule / model_scale, fit inside the canvas), rounded to uint8, at the top left of a
+    canvas filled with the rounded mean colour. model_scale: what the model's own preprocessing
+    then scales the canvas by (export_info's in_model_scale), so that the image ends at the eval
+    rule's scale. `scale` maps canvas pixels back to the image's."""
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] < 1 or image.shape[1] < 1:
         raise ValueError(f"expected an RGB image [H, W, 3], got shape {image.shape}")
     height, width = image.shape[:2]
-    scale = min(eval_scale(height, width, short_size, max_size), canvas_height / height, canvas_width / width)
+    scale = min(eval_scale(height, width, short_size, max_size) / model_scale, canvas_height / height,
+                canvas_width / width)
     new_h = min(canvas_height, max(1, int(round(height * scale))))
     new_w = min(canvas_width, max(1, int(round(width * scale))))
     canvas = np.empty([canvas_height, canvas_width, 3], np.uint8)
@@ -176,7 +180,7 @@ class EdgeModel:
 
     def letterbox(self, image):
         return letterbox(image, *self.input_size, self.info["eval_image_short_size"],
-                         self.info["eval_image_max_size"], self.info["mean_rgb"])
+                         self.info["eval_image_max_size"], self.info["mean_rgb"], self.info.get("in_model_scale", 1.0))
 
     def detect(self, image, score_threshold=None):
         image = np.asarray(image)

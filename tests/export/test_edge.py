@@ -122,6 +122,12 @@ def test_letterbox_places_the_eval_resize_at_the_top_left():
     assert scale == pytest.approx(40 / 150) and canvas.shape == (40, 40, 3)
     with pytest.raises(ValueError, match="RGB image"):
         edge_runtime.letterbox(np.zeros([4, 4]), 8, 8, 8, 8, mean)
+    # a model that scales its 128 x 192 canvas by 0.5 (eval short side 64): the canvas content is
+    # at eval scale / 0.5, so that the image ends at the eval scale inside the model
+    model_scale = edge_runtime.eval_scale(128, 192, 64, 96)
+    assert model_scale == pytest.approx(0.5)
+    canvas, scale = edge_runtime.letterbox(image, 128, 192, 64, 96, mean, model_scale)
+    assert scale * model_scale == pytest.approx(float(info[2])) and np.any(canvas[127, :150] != canvas[0, -1])
 
 
 # ----------------------------------------------------------------------------- LiteRT and ONNX
@@ -330,6 +336,7 @@ def test_bad_requests_are_named(tmp_path):
     (["--format", "tflite", "--version", "3"], "--version is for SavedModels"),
     (["--format", "tflite", "--input-size", "3x3"], "--input-size"),
     (["--quantize", "int8"], "apply to --format tflite / onnx"),
+    (["--no-resize"], "apply to --format tflite / onnx"),
 ])
 def test_export_flags_are_checked_first(argv, fragment, tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT)
