@@ -268,8 +268,8 @@ def run_test(args):
     if len(image_ids) < num_images:
         print(f"warning: {num_images - len(image_ids)} of {num_images} images could not be read (named in the "
               f"warnings above) and are not evaluated")
-    stats = coco_eval.evaluate(dataset.annotation_file, results, image_ids=image_ids, verbose=False)
-    results_path = coco_eval.write_json(os.path.join(output, "results.json"), results)
+    results_path = coco_eval.write_json(os.path.join(output, "results.json"), results)  # before scoring
+    stats = _score(coco_eval, dataset.annotation_file, results, image_ids, results_path)
     metrics = dict(stats)
     metrics.update(images=len(image_ids), images_per_second=speed["images_per_second"], seconds=speed["seconds"],
                    checkpoint=os.path.abspath(checkpoint), annotations=os.path.abspath(annotations),
@@ -278,6 +278,15 @@ def run_test(args):
     print(stats.summary)
     print(f"{len(image_ids)} images, {len(results)} detections, {speed['images_per_second']:.2f} images/s")
     print(f"wrote {results_path}\nwrote {metrics_path}")
+
+
+def _score(coco_eval, annotation_file, results, image_ids, results_path):
+    """COCOeval of written results; a failure is a UserError that says the detections are kept."""
+    try:
+        return coco_eval.evaluate(annotation_file, results, image_ids=image_ids, verbose=False)
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        raise UserError(f"scoring against {annotation_file} failed ({type(e).__name__}: {e}); the detections are "
+                        f"kept in {results_path}") from None
 
 
 def _edge_eval_name(model_path):
@@ -305,8 +314,8 @@ def _test_edge_model(args, model_path, annotations, images, output):
     print(f"evaluating {model_path} ({model.format}, {model.info['quantize']}, {model.provider}) on {len(records)} "
           f"images of {annotations}")
     results, image_ids, speed = coco_eval.run_edge_inference(model, records, dataset.category_ids, read_image)
-    stats = coco_eval.evaluate(dataset.annotation_file, results, image_ids=image_ids, verbose=False)
-    results_path = coco_eval.write_json(os.path.join(output, "results.json"), results)
+    results_path = coco_eval.write_json(os.path.join(output, "results.json"), results)  # before scoring
+    stats = _score(coco_eval, dataset.annotation_file, results, image_ids, results_path)
     metrics = dict(stats)
     metrics.update(images=len(image_ids), images_per_second=speed["images_per_second"], seconds=speed["seconds"],
                    model=os.path.abspath(model_path), format=model.format, quantize=model.info["quantize"],

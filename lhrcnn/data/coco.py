@@ -3,6 +3,7 @@ import contextlib
 import io
 import json
 import logging
+import math
 import os
 
 from lhrcnn.data.records import (DetectionDataset, check_exists, make_record,
@@ -73,11 +74,108 @@ def class_names_from_annotations(annotation_file):
     return names
 
 
+def _valid_bbox(bbox):
+    """None when `bbox` is four finite numbers with w, h >= 0, else what is wrong with it."""
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+        return f"bbox {bbox!r} is not [x, y, w, h]"
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bbox):
+        return f"bbox {bbox!r} holds a value that is not a finite number"
+    if bbox[2] < 0 or bbox[3] < 0:
+        return f"bbox {bbox!r} has a negative width or height"
+    return None
+
+
+def read_coco_json(annotation_file, for_scoring=False):
+    """The COCO instances json as a pycocotools COCO object, checked first.
+
+    Refused with ValueError naming the file, the entry and the problem: a file that is not JSON
+    (truncated: the line and column), no `images` or `categories` list, an image without an
+    integer `id`, a category without an integer `id` or a `name`, duplicate image ids. Dropped
+    (named in one warning with the first few, and counted): annotations that are not objects, or
+    without an integer `image_id` of a listed image, or without a `category_id`. Annotations whose
+    `bbox` is missing, not four finite numbers or of negative size are named in the same warning;
+    the loader then counts them (non-finite / degenerate boxes) and drops them, and with
+    for_scoring (the ground truth of COCOeval, which cannot read them) they are dropped here. An annotation without `id`, `area` or `iscrowd` gets
+    its position, w·h and 0 (what COCOeval reads). FileNotFoundError when the file does not exist.
+
+    Returns:
+      (COCO object, number of annotations dropped as malformed).
+    """
+    check_exists(annotation_file, "COCO annotation file")
+    try:
+        with open(annotation_file, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{annotation_file} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}; "
+                         "a truncated or partly written file?)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{annotation_file} cannot be read ({e})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{annotation_file} is not a COCO json (the top level is a {type(data).__name__}, "
+                         "not an object with images, annotations and categories)")
+    for key in ("images", "categories"):
+        if not isinstance(data.get(key), list):
+            raise ValueError(f"{annotation_file} has no {key!r} list (a COCO instances json has 'images', "
+                             "'annotations' and 'categories')")
+    annotations = data.get("annotations", [])
+    if not isinstance(annotations, list):
+        raise ValueError(f"{annotation_file}: 'annotations' is not a list")
+    image_ids = set()
+    for i, image in enumerate(data["images"]):
+        if not isinstance(image, dict) or isinstance(image.get("id"), bool) or not isinstance(image.get("id"), int):
+            raise ValueError(f"{annotation_file}: images[{i}] has no integer 'id': {str(image)[:200]}")
+        if image["id"] in image_ids:
+            raise ValueError(f"{annotation_file}: image id {image['id']} is used by more than one image")
+        image_ids.add(image["id"])
+    for i, category in enumerate(data["categories"]):
+        if (not isinstance(category, dict) or isinstance(category.get("id"), bool)
+                or not isinstance(category.get("id"), int) or "name" not in category):
+            raise ValueError(f"{annotation_file}: categories[{i}] needs an integer 'id' and a 'name': "
+                             f"{str(category)[:200]}")
+    kept, dropped, boxes = [], [], []
+    for i, ann in enumerate(annotations):
+        where = f"annotations[{i}]" + (f" (id {ann.get('id')})" if isinstance(ann, dict) and "id" in ann else "")
+        if not isinstance(ann, dict):
+            dropped.append(f"{where} is not an object")
+            continue
+        if ann.get("image_id") not in image_ids or isinstance(ann.get("image_id"), bool):
+            dropped.append(f"{where} has image_id {ann.get('image_id')!r}, which is not an image of the file")
+            continue
+        if "category_id" not in ann:
+            dropped.append(f"{where} has no category_id")
+            continue
+        bad_box = _valid_bbox(ann.get("bbox")) if "bbox" in ann else "has no bbox"
+        if bad_box:
+            boxes.append(f"{where} {bad_box}")
+            if for_scoring:
+                continue
+        if "id" not in ann or "area" not in ann or "iscrowd" not in ann:
+            # what pycocotools' index and COCOeval read: an id, the area (w·h), iscrowd (0)
+            box = ann.get("bbox")
+            area = box[2] * box[3] if not bad_box else 0.0
+            ann = dict(ann, id=ann.get("id", i + 1), area=ann.get("area", area), iscrowd=ann.get("iscrowd", 0))
+        kept.append(ann)
+    if dropped:
+        logger.warning("%s: %d malformed annotation(s) dropped: %s%s", annotation_file, len(dropped),
+                       "; ".join(dropped[:3]), "; ..." if len(dropped) > 3 else "")
+    if boxes:
+        logger.warning("%s: %d annotation(s) with an unusable bbox, skipped: %s%s", annotation_file, len(boxes),
+                       "; ".join(boxes[:3]), "; ..." if len(boxes) > 3 else "")
+    from pycocotools.coco import COCO
+    coco = COCO()
+    coco.dataset = dict(data, annotations=kept)
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        coco.createIndex()
+    return coco, len(dropped)
+
+
 def load_coco(annotation_file, image_dir, class_names=None, skip_crowd=True, keep_empty=True,
               drop_unknown_categories=False):
     """Loads a COCO json (instances_*.json or the synthetic dataset's annotations.json).
 
-    Boxes: COCO [x, y, w, h] -> (x, y, x + w, y + h) (no -1, as the original's odgt parsing),
+    The json is read and checked by read_coco_json (malformed annotations named, counted in
+    stats["malformed_annotations"] and dropped). Boxes: COCO [x, y, w, h] -> (x, y, x + w, y + h)
+    (no -1, as the original's odgt parsing),
     clipped to the image; non-finite and degenerate (w or h <= 0 after clipping) boxes are
     dropped; all counted in `stats`. Image files that do not exist are warned about by name,
     counted and their records dropped.
@@ -102,9 +200,7 @@ def load_coco(annotation_file, image_dir, class_names=None, skip_crowd=True, kee
     """
     check_exists(annotation_file, "COCO annotation file")
     check_exists(image_dir, "image folder")
-    from pycocotools.coco import COCO
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-        coco = COCO(annotation_file)
+    coco, dropped = read_coco_json(annotation_file)
 
     categories = sorted(coco.loadCats(coco.getCatIds()), key=lambda c: c["id"])
     for c in [c for c in categories if c["name"] == BACKGROUND]:
@@ -135,6 +231,7 @@ def load_coco(annotation_file, image_dir, class_names=None, skip_crowd=True, kee
         logger.warning("%s has no category named %s; their category id is -1", annotation_file, absent)
 
     stats = new_stats()
+    stats["malformed_annotations"] = dropped
     records = []
     for image_id in sorted(coco.getImgIds()):
         image = coco.imgs[image_id]

@@ -11,6 +11,7 @@ logger = logging.getLogger(__name__)
 
 # Keys of DetectionDataset.stats, all counts of things a loader dropped or changed.
 STAT_KEYS = (
+    "malformed_annotations",       # COCO annotations without a valid bbox, image_id or category_id, dropped
     "crowd_or_ignored_boxes",      # crowd (COCO iscrowd) / ignored (odgt extra.ignore) GT, dropped
     "non_finite_boxes",            # NaN / inf / malformed coordinates, dropped
     "degenerate_boxes",            # width or height <= 0 after clipping to the image, dropped

@@ -94,15 +94,17 @@ def detections_to_coco(image_ids, boxes, scores, classes, num_detections, catego
 
 
 def load_ground_truth(annotation_file_or_coco):
-    """A pycocotools COCO object (loaded quietly from a file, or returned as given)."""
+    """A pycocotools COCO object: read from a file through lhrcnn.data.coco.read_coco_json (the
+    annotations the loader keeps, malformed ones dropped, errors naming the file), or returned as
+    given."""
     from pycocotools.coco import COCO
     if isinstance(annotation_file_or_coco, COCO):
         return annotation_file_or_coco
     path = os.fspath(annotation_file_or_coco)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"annotation file {path} does not exist")
-    with contextlib.redirect_stdout(io.StringIO()):
-        return COCO(path)
+    from lhrcnn.data.coco import read_coco_json
+    return read_coco_json(path, for_scoring=True)[0]
 
 
 def evaluate(annotation_file_or_coco, results, image_ids=None, verbose=True):

@@ -296,9 +296,18 @@ class Trainer:
 
     # ------------------------------------------------------------------ data
     def load_train_data(self):
+        """The training set; a file that cannot be used is a DataError (one line naming it)."""
         from lhrcnn.data.coco import load_coco
+        from lhrcnn.errors import DataError, MissingPathError
         c = self.config
-        return load_coco(config_path(c.train_annotations), config_path(c.train_images), class_names=c.class_names)
+        try:
+            return load_coco(config_path(c.train_annotations), config_path(c.train_images), class_names=c.class_names)
+        except (MissingPathError, DataError):
+            raise
+        except FileNotFoundError as e:
+            raise MissingPathError(f"training data: {e}") from None
+        except ValueError as e:
+            raise DataError(f"training data: {e}") from None
 
     def distributed_dataset(self, seed, start_step=0):
         """Per-replica batches through `strategy.distribute_datasets_from_function`: each worker

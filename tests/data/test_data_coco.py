@@ -66,7 +66,8 @@ def test_crowd_degenerate_non_finite_and_clipped_boxes(tmp_path):
     record, = ds.records
     np.testing.assert_array_equal(record.boxes, [[10, 10, 30, 30], [0, 90, 20, 100]])
     np.testing.assert_array_equal(record.classes, [1, 2])
-    assert ds.stats == {"crowd_or_ignored_boxes": 2, "non_finite_boxes": 3, "degenerate_boxes": 3,
+    assert ds.stats == {"malformed_annotations": 0, "crowd_or_ignored_boxes": 2, "non_finite_boxes": 3,
+                        "degenerate_boxes": 3,
                         "clipped_boxes": 1, "unknown_category_boxes": 0, "images_without_annotations": 0,
                         "missing_images": 0}
     kept_crowd = load_coco(path, image_dir, skip_crowd=False)
