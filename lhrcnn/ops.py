@@ -310,8 +310,9 @@ _FLOAT64_EMULATION = [True]
 @contextlib.contextmanager
 def float32_twin_arithmetic():
     """Within it, the twins trace _div and _mul_add as plain float32 ops instead of their float64
-    emulation: for converters without float64 arithmetic (LiteRT's builtin ops), which apply no
-    rewrite that reorders float32 rounding. Graph mode and XLA need the emulation (see _div)."""
+    emulation, and PS-RoI pooling sums in float32: for converters without float64 arithmetic
+    (LiteRT's builtin ops), which apply no rewrite that reorders float32 rounding. Graph mode and
+    XLA need the emulation (see _div)."""
     _FLOAT64_EMULATION.append(False)
     try:
         yield
@@ -415,8 +416,12 @@ def _ps_roi_pool_twin(features, rois, group_size, spatial_scale):
     batch, height, width, channels = shape[0], shape[1], shape[2], shape[3]
     k = channels // (g * g)
     planes = tf.transpose(tf.reshape(features, [batch, height, width, k, g, g]), [0, 4, 5, 1, 2, 3])
-    sat = tf.cumsum(tf.cumsum(tf.cast(planes, tf.float64), axis=3), axis=4)
-    sat = tf.pad(sat, [[0, 0], [0, 0], [0, 0], [1, 0], [1, 0], [0, 0]])  # [B, G, G, H+1, W+1, K]
+    # float64 sums (exact bin sums of float32 features up to 2^29 pixels); float32 where the
+    # consumer has no float64 (float32_twin_arithmetic: LiteRT), which rounds the sums
+    wide = tf.float64 if _FLOAT64_EMULATION[-1] else tf.float32
+    planes = tf.reshape(planes, [batch * g * g, height, width, k])  # 4-D: LiteRT's PAD takes at most 5
+    sat = tf.cumsum(tf.cumsum(tf.cast(planes, wide), axis=1), axis=2)
+    sat = tf.pad(sat, [[0, 0], [1, 0], [1, 0], [0, 0]])  # [B·G·G, H+1, W+1, K]
     table = tf.reshape(sat, [batch * g * g * (height + 1) * (width + 1), k])
 
     # Every constant opaque (see _opaque): the bin edges are floor / ceil of float32 values.
@@ -454,7 +459,7 @@ def _ps_roi_pool_twin(features, rois, group_size, spatial_scale):
     total = corner(he, we) - corner(hs, we) - corner(he, ws) + corner(hs, ws)
     area = (he - hs)[:, :, None] * (we - ws)[:, None, :]
     nonempty = ((he > hs)[:, :, None] & (we > ws)[:, None, :])[..., None]
-    mean = total / tf.cast(tf.maximum(area, 1), tf.float64)[..., None]
+    mean = total / tf.cast(tf.maximum(area, 1), wide)[..., None]
     return tf.cast(tf.where(nonempty, mean, tf.zeros_like(mean)), tf.float32)
 
 

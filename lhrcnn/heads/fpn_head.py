@@ -70,8 +70,11 @@ class MultiLevelRoIAlign(keras.layers.Layer):
                                         1.0 / self.level_strides[name], sampling_ratio=self.sampling_ratio,
                                         pooling="avg", aligned=self.aligned, backend=self.backend))
             order.append(index)
-        # Back to the RoIs' order: row j of the concatenation is RoI order[j].
-        inverse = tf.math.invert_permutation(tf.cast(tf.concat(order, axis=0), tf.int32))
+        # Back to the RoIs' order: row j of the concatenation is RoI order[j]. The inverse
+        # permutation by a scatter (LiteRT has no InvertPermutation op).
+        order = tf.cast(tf.concat(order, axis=0), tf.int32)
+        count = tf.shape(order)[0]
+        inverse = tf.scatter_nd(order[:, None], tf.range(count), tf.reshape(count, [1]))
         out = tf.gather(tf.concat(pooled, axis=0), inverse)
         out.set_shape([rois.shape[0]] + out.shape[1:].as_list())  # one row per RoI (static when R is)
         return out
