@@ -5,7 +5,7 @@ and the ONNX model in ONNX Runtime, each on one thread and on all cores; model f
 memory; the papers' figures beside them.
 
 Every measurement runs in a fresh child process (thread counts are fixed at start-up, and peak
-memory, ru_maxrss, is the child's own: the LiteRT and ONNX children never import TensorFlow).
+memory, VmHWM, is the child's own: the LiteRT and ONNX children never import TensorFlow).
 The children run round-robin, two rounds, and each cell is the median over the rounds' medians,
 so every runtime sees the same machine state. Weights are fresh (speed does not depend on them);
 int8 is calibrated on synthetic images. The GEMM floor (multiply-adds at the measured float32
@@ -38,7 +38,7 @@ COLUMNS = [("model", "model", "{}"), ("runtime", "runtime", "{}"), ("size_mb", "
            ("peak_mb", "peak MB", "{:.0f}"), ("paper", "paper img/s (Xeon 1 thread / ARM)", "{}")]
 
 _CHILD = r"""
-import json, os, resource, statistics, sys, time
+import json, os, statistics, sys, time
 import numpy as np
 runtime, path, threads, repeats, height, width = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 image = np.random.default_rng(0).integers(0, 256, (1, height, width, 3)).astype(np.uint8)
@@ -60,8 +60,9 @@ for _ in range(3):
 times = []
 for _ in range(repeats):
     t = time.perf_counter(); run(); times.append(time.perf_counter() - t)
-print("RESULT", json.dumps({"seconds": statistics.median(times),
-                            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+# peak resident memory of this process since its exec (VmHWM; ru_maxrss would include the forked parent's)
+peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) / 1024
+print("RESULT", json.dumps({"seconds": statistics.median(times), "peak_mb": peak}))
 """
 
 
@@ -80,7 +81,6 @@ def _child(runtime, path, threads, repeats, size):
 
 def _exports(key, workdir):
     """{runtime: model path} of the key's detector (fresh weights), and the MACs."""
-    import numpy as np
     import tensorflow as tf
 
     from lhrcnn import flops
@@ -110,7 +110,6 @@ def _exports(key, workdir):
                                   calibration_dataset=calibration, calibration_images=8, verify=False)
         paths[runtime] = os.path.join(folder, "model." + fmt)
     macs = flops.detector_complexity(experiment, *size)["macs"]
-    del np
     return paths, macs
 
 

@@ -16,13 +16,13 @@ import os
 
 import numpy as np
 
+from lhrcnn.export import IMAGES_INPUT as INPUT_NAME
+from lhrcnn.export import OUTPUT_NAMES  # noqa: F401 (part of this module's interface)
+
 TFLITE_FILE = "model.tflite"
 ONNX_FILE = "model.onnx"
 INFO_FILE = "export_info.json"
 LABEL_MAP_FILE = "label_map.json"
-INPUT_NAME = "images"
-OUTPUT_NAMES = ("detection_boxes", "detection_scores", "detection_classes", "num_detections",
-                "detection_boxes_pixels")
 
 
 # ----------------------------------------------------------------------------- geometry

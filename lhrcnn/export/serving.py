@@ -14,12 +14,11 @@ import tensorflow as tf
 
 from lhrcnn.data import preprocess
 
+from lhrcnn.export import IMAGES_INPUT, OUTPUT_NAMES  # noqa: F401 (part of this module's interface)
+
 DEFAULT_SIGNATURE = "serving_default"
 BYTES_SIGNATURE = "serve_bytes"
-IMAGES_INPUT = "images"
 BYTES_INPUT = "image_bytes"
-OUTPUT_NAMES = ("detection_boxes", "detection_scores", "detection_classes", "num_detections",
-                "detection_boxes_pixels")
 
 
 # ----------------------------------------------------------------------------- input checks
