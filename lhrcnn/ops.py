@@ -20,9 +20,9 @@ Difference from the original kernels (docs/original.md#ps-roi-align): when a sam
 exact integer the original added the same pixel twice (value x2, x4 at integer x and y); here
 every sample is plain bilinear interpolation on the map zero-padded by one pixel.
 """
+import contextlib
 import json
 import logging
-import contextlib
 import math
 import os
 import sys
@@ -217,7 +217,7 @@ def _positive_float(name, value):
         v = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a positive finite number, got {value!r}") from None
-    single = np.float32(v) if math.isfinite(v) and abs(v) < 3.5e38 else np.float32(np.inf)
+    single = np.float32(v) if math.isfinite(v) and abs(v) <= float(np.finfo(np.float32).max) else np.float32(np.inf)
     if not (v > 0 and np.isfinite(single) and single >= np.finfo(np.float32).tiny):
         raise ValueError(f"{name} must be a positive finite number that is a normal float32 "
                          f"(in [{np.finfo(np.float32).tiny:.3g}, {np.finfo(np.float32).max:.3g}]), got {value!r}")
