@@ -99,16 +99,13 @@ def edge_function(detector, input_size, category_ids, resize=True):
 # ----------------------------------------------------------------------------- LiteRT
 
 
-def tflite_op_types(model):
-    """{op name: {the type it computes in: count}} over every subgraph of a .tflite flatbuffer
-    (bytes): the type of its first input (int8 for a quantised kernel, float32 for a float one;
-    QUANTIZE counts as float32, DEQUANTIZE as int8); custom ops as "CUSTOM:<code>" (Flex ops:
-    "CUSTOM:Flex<Op>")."""
+def _tflite_operators(model):
+    """(op name, type of its first input, name of its first output) of every operator of every
+    subgraph of a .tflite flatbuffer (bytes); custom ops as "CUSTOM:<code>"."""
     from tensorflow.lite.python import schema_py_generated as schema
     parsed = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model, 0))
     builtin = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     types = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
-    found = {}
     for subgraph in parsed.subgraphs:
         for op in subgraph.operators:
             code = parsed.operatorCodes[op.opcodeIndex]
@@ -119,8 +116,20 @@ def tflite_op_types(model):
                 name = builtin.get(number, f"BUILTIN_{number}")
             inputs = [i for i in (op.inputs if op.inputs is not None else []) if i >= 0]
             kind = types.get(subgraph.tensors[inputs[0]].type, "?") if inputs else "none"
-            by_type = found.setdefault(name, {})
-            by_type[kind] = by_type.get(kind, 0) + 1
+            outputs = op.outputs if op.outputs is not None else []
+            output = subgraph.tensors[outputs[0]].name.decode() if len(outputs) else None
+            yield name, kind, output
+
+
+def tflite_op_types(model):
+    """{op name: {the type it computes in: count}} over every subgraph of a .tflite flatbuffer
+    (bytes): the type of its first input (int8 for a quantised kernel, float32 for a float one;
+    QUANTIZE counts as float32, DEQUANTIZE as int8); custom ops as "CUSTOM:<code>" (Flex ops:
+    "CUSTOM:Flex<Op>")."""
+    found = {}
+    for name, kind, _ in _tflite_operators(model):
+        by_type = found.setdefault(name, {})
+        by_type[kind] = by_type.get(kind, 0) + 1
     return {name: found[name] for name in sorted(found)}
 
 
@@ -176,24 +185,17 @@ _BOX_SCOPES = ("/rpn/", "/roi_head/")
 
 
 def float_nodes(model):
-    """Names of the ops of a float .tflite model (bytes) that full-integer quantisation keeps in
-    float32: outside the detector's scope, or inside its RPN / R-CNN stages and not one of
-    INT8_STAGE_OPS. (An op's name is its first output tensor's.)"""
-    from tensorflow.lite.python import schema_py_generated as schema
-    parsed = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model, 0))
-    builtin = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    """Names of the ops of a float (or calibrated) .tflite model (bytes) that full-integer
+    quantisation keeps in float32: outside the detector's scope, or inside its RPN / R-CNN stages
+    and not one of INT8_STAGE_OPS. (An op's name is its first output tensor's.)"""
     names = []
-    for subgraph in parsed.subgraphs:
-        for op in subgraph.operators:
-            if op.outputs is None or not len(op.outputs):
-                continue
-            code = parsed.operatorCodes[op.opcodeIndex]
-            kind = builtin.get(max(code.builtinCode, code.deprecatedBuiltinCode), "")
-            name = subgraph.tensors[op.outputs[0]].name.decode()
-            in_detector = name.startswith("detector/")
-            in_stage = any(scope in name for scope in _BOX_SCOPES)
-            if not in_detector or (in_stage and kind not in INT8_STAGE_OPS):
-                names.append(name)
+    for kind, _, name in _tflite_operators(model):
+        if name is None:
+            continue
+        in_detector = name.startswith("detector/")
+        in_stage = any(scope in name for scope in _BOX_SCOPES)
+        if not in_detector or (in_stage and kind not in INT8_STAGE_OPS):
+            names.append(name)
     return names
 
 
@@ -202,15 +204,15 @@ def _convert_int8(new_converter, calibration):
     with activation ranges), then the MLIR quantiser with those nodes denylisted."""
     import tensorflow as tf
     from tensorflow.lite.python import convert
-    float_model = new_converter().convert()
     converter = new_converter()
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = lambda: ([image] for image in calibration)
     converter.experimental_mlir_quantizer = True
     converter._experimental_calibrate_only = True  # the documented selective-quantisation path (QuantizationDebugger)
     calibrated = converter.convert()
+    # the calibrated model is the float model with activation ranges: the same ops and names
     return convert.mlir_quantize(calibrated, disable_per_channel=False, fully_quantize=False,
-                                 denylisted_nodes=float_nodes(float_model))
+                                 denylisted_nodes=float_nodes(calibrated))
 
 
 # ----------------------------------------------------------------------------- ONNX
