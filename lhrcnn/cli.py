@@ -403,9 +403,10 @@ def run_predict(args):
 def _require_edge_model(path):
     """UserError naming an edge model file that is missing or of another kind (no TensorFlow)."""
     from lhrcnn.export import edge_runtime
-    if os.path.isdir(path):
-        path = os.path.join(path, edge_runtime.TFLITE_FILE if os.path.isfile(
-            os.path.join(path, edge_runtime.TFLITE_FILE)) else edge_runtime.ONNX_FILE)
+    try:
+        path = edge_runtime.model_file(path)
+    except FileNotFoundError as e:
+        raise MissingPathError(f"--model: {e}") from None
     if not path.endswith((".tflite", ".onnx")):
         raise UsageError(f"--model {path}: an edge model is a .tflite or .onnx file (--saved-model takes SavedModels)")
     if not os.path.isfile(path):

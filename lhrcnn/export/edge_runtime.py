@@ -135,6 +135,19 @@ def read_info(model_path):
         raise ValueError(f"{path} is not an edge export's info file ({e})") from None
 
 
+def model_file(path):
+    """The model file `path` names: itself, or the one model.tflite / model.onnx of a folder
+    (FileNotFoundError when a folder holds neither or both)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        found = [os.path.join(path, f) for f in (TFLITE_FILE, ONNX_FILE) if os.path.isfile(os.path.join(path, f))]
+        if len(found) != 1:
+            raise FileNotFoundError(f"{path} holds {'no' if not found else 'both'} {TFLITE_FILE} / {ONNX_FILE}; "
+                                    "name the model file")
+        path = found[0]
+    return path
+
+
 class EdgeModel:
     """An edge export, run by the runtime its file's extension names.
 
@@ -146,13 +159,7 @@ class EdgeModel:
     """
 
     def __init__(self, path, num_threads=None, providers=None):
-        path = os.fspath(path)
-        if os.path.isdir(path):
-            found = [os.path.join(path, f) for f in (TFLITE_FILE, ONNX_FILE) if os.path.isfile(os.path.join(path, f))]
-            if len(found) != 1:
-                raise FileNotFoundError(f"{path} holds {'no' if not found else 'both'} {TFLITE_FILE} / {ONNX_FILE}; "
-                                        "name the model file")
-            path = found[0]
+        path = model_file(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"edge model {path} does not exist")
         self.path = path
