@@ -434,7 +434,7 @@ def run_export(args):
     from lhrcnn.paths import experiment_output_dir, resolve_checkpoint
     overrides = parse_overrides(args.set)
     for field, flag in (("ops_backend", "--ops"), ("test_max_detections", "--max-detections"),
-                        ("test_score_threshold", "--score-threshold")):
+                        ("test_score_threshold", "--score-threshold"), ("max_image_pixels", "--max-image-pixels")):
         if field in overrides:
             raise UsageError(f"--set {field}: the export sets it from {flag}; use {flag}")
     overrides["ops_backend"] = args.ops
@@ -442,6 +442,8 @@ def run_export(args):
         overrides["test_max_detections"] = args.max_detections
     if args.score_threshold is not None:
         overrides["test_score_threshold"] = args.score_threshold
+    if args.max_image_pixels is not None:
+        overrides["max_image_pixels"] = args.max_image_pixels
     experiment = args.experiment
     edge = args.format != "savedmodel"
     if edge:
@@ -507,6 +509,9 @@ def run_export(args):
                   "category_ids_from": source})
     except (FileExistsError, ValueError) as e:
         raise UserError(str(e)) from None
+    except Exception as e:
+        _raise_if_storage_failure(e, output)
+        raise
     print(f"wrote {path}\n  signatures: serving_default (images uint8 [N, H, W, 3]), serve_bytes (image_bytes "
           f"string [N])\n  category ids from {source}")
     name = os.path.basename(output)
@@ -516,6 +521,15 @@ def run_export(args):
     else:
         print(f"serve it: docker run -p 8500:8500 -p 8501:8501 -v {output}:/models/{name} -e MODEL_NAME={name} "
               "tensorflow/serving:2.20.0")
+
+
+def _raise_if_storage_failure(error, output):
+    """StorageError naming `output` when `error` is a write that failed (full or read-only disk);
+    the export's staging folder is gone by then, and nothing was put in place."""
+    from lhrcnn.errors import is_storage_failure, storage_error
+    if is_storage_failure(error):
+        raise storage_error("write the export to", output, error,
+                            "free some space or make the folder writable, then run again (nothing was written)") from None
 
 
 def _export_edge(args, experiment, config, overrides, checkpoint, output, category_ids, source, input_size):
@@ -541,7 +555,11 @@ def _export_edge(args, experiment, config, overrides, checkpoint, output, catego
             info={"experiment": os.path.abspath(experiment), "checkpoint": os.path.abspath(checkpoint),
                   "category_ids_from": source})
     except (FileExistsError, ValueError, RuntimeError, ImportError) as e:
+        _raise_if_storage_failure(e, output)
         raise UserError(str(e)) from None
+    except Exception as e:
+        _raise_if_storage_failure(e, output)
+        raise
     with open(os.path.join(path, "export_info.json")) as f:
         info = json.load(f)
     count = sum(sum(k.values()) if isinstance(k, dict) else k for k in info["ops"].values())
@@ -966,6 +984,9 @@ builtin ops only. `lhrcnn test --model` and `lhrcnn predict --model` run them (d
              "test_max_detections).", lower_bound=1),
         Flag("score_threshold", "float", None, "Keep detections scoring above this (default: the config's "
              "test_score_threshold)."),
+        Flag("max_image_pixels", "integer", None, "serve_bytes refuses (INVALID_ARGUMENT) images that would decode "
+             "to more pixels, read from their header before decoding (default: the config's max_image_pixels, "
+             "8192 x 8192).", lower_bound=1),
         Flag("annotations", "string", None, "COCO json whose categories give detection_classes' ids (default: the "
              "config's eval_annotations when it exists)."),
         Flag("verify", "boolean", True, "Load the written model and run its warm-up requests before putting the "

@@ -24,6 +24,10 @@ COCO_CLASS_NAMES = (
 # The value of `class_names` that takes the classes from the training json (Config.class_names).
 FROM_ANNOTATIONS = "from_annotations"
 
+# 8192 x 8192: far above the photos detectors are trained on (COCO's are at most 640 x 640), far
+# below the 23170 x 23170 a 65 KB PNG can declare. A decoded image takes 3 bytes per pixel.
+DEFAULT_MAX_IMAGE_PIXELS = 1 << 26
+
 # What the main job (`make demo`, scripts/run_main_job.py) trains by default, relative to the
 # repository root: ThunderNet SNet146 on the synthetic set (docs/main_job.md).
 MAIN_JOB_EXPERIMENT = "experiments/lhrcnn/thundernet.snet146.synthetic"
@@ -59,6 +63,9 @@ class Config:
     max_boxes_of_image = 100
     group_by_aspect_ratio = False   # training batches of landscape / portrait images apart (less padding)
     cache_decoded_images = False    # keep decoded training images in memory (small datasets only)
+    max_image_pixels = DEFAULT_MAX_IMAGE_PIXELS  # larger images (frames x height x width, read from the file's
+                                    # header before decoding) are skipped by the data pipeline and refused by
+                                    # the Predictor and the exported serve_bytes signature
     filter_gt_ignore_label = True   # drop crowd / ignored GT
 
     # --- parts, by registered name (lhrcnn.registry; the built-in ones: lhrcnn.builders)
@@ -276,6 +283,8 @@ class Config:
              f"large_separable_out_channels ({self.large_separable_out_channels}) must be divisible by "
              f"ps_group_size² ({self.ps_group_size ** 2})")
         need(self.ops_backend in (None, "custom", "tf"), f"ops_backend must be None, 'custom' or 'tf'")
+        need(isinstance(self.max_image_pixels, int) and not isinstance(self.max_image_pixels, bool)
+             and self.max_image_pixels >= 1, f"max_image_pixels must be a positive integer, got {self.max_image_pixels!r}")
         need(self.optimizer in ("momentum", "adam"), f"optimizer must be 'momentum' or 'adam', got {self.optimizer!r}")
         need(int(self.precise_bn_batches) >= 0, "precise_bn_batches must be >= 0")
         need(self.train_batch_per_gpu >= 1, "train_batch_per_gpu must be >= 1")

@@ -14,3 +14,29 @@ class MissingPathError(UserError, FileNotFoundError):
 class DataError(UserError, ValueError):
     """A dataset file that cannot be used (not JSON, a malformed entry); the message names the file
     and the entry. Also a ValueError, so code that catches that keeps working."""
+
+
+class StorageError(UserError, OSError):
+    """A folder that cannot be written (read-only, full, no permission); the message names the
+    path, the reason and what to do. Also an OSError, so code that catches that keeps working."""
+
+
+def storage_error(action, path, error, advice):
+    """A StorageError for an OSError or TensorFlow I/O error `error` while `action` on `path`."""
+    reason = getattr(error, "strerror", None) or getattr(error, "message", None) or str(error)
+    reason = str(reason).strip().splitlines()[0] if str(reason).strip() else type(error).__name__
+    return StorageError(f"cannot {action} {path}: {reason}; {advice}")
+
+
+_STORAGE_ERRNOS = {"ENOSPC", "EROFS", "EACCES", "EPERM", "EDQUOT"}
+_STORAGE_MESSAGES = ("no space left on device", "read-only file system", "permission denied", "disk quota exceeded")
+
+
+def is_storage_failure(error):
+    """True for an OSError or TensorFlow error of a folder that cannot be written: full, read-only,
+    no permission, over quota."""
+    import errno
+    if isinstance(error, OSError) and error.errno is not None:
+        return errno.errorcode.get(error.errno) in _STORAGE_ERRNOS
+    text = str(getattr(error, "message", None) or error).lower()
+    return any(m in text for m in _STORAGE_MESSAGES)

@@ -6,7 +6,13 @@ eval_images, output_root) and paths given on the command line are relative to th
 working directory. The repository's configs name `data/...` and `output/` paths, so run the
 scripts from the repository root (as `make test` and `make demo` do) or give absolute paths.
 """
+import logging
 import os
+import re
+import shutil
+import socket
+import tempfile
+import time
 
 from lhrcnn.errors import MissingPathError
 
@@ -77,3 +83,55 @@ def resolve_checkpoint(path):
         return path
     raise MissingPathError(f"checkpoint {path} does not exist (expected {path}.index, a V1 checkpoint file, "
                            f"or a folder of checkpoints)")
+
+
+# ----------------------------------------------------------------------------- staging folders
+
+STALE_AFTER_SECONDS = 24 * 3600  # a staging folder of another host (or unmarked) is stale after this
+
+
+def make_staging_dir(parent, prefix):
+    """A new folder `<parent>/<prefix><host>-<pid>-<random>` to write an output into before it is
+    renamed into place; the host and process id let remove_stale_staging tell a killed writer's
+    folder from a running one's."""
+    host = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
+    return tempfile.mkdtemp(prefix=f"{prefix}{host}-{os.getpid()}-", dir=parent)
+
+
+def _writer_alive(name, prefix):
+    """False when the folder's writer (the host and pid make_staging_dir puts at the end of its
+    name) is a process of this host that is gone; None when unknown."""
+    match = re.search(r"-(?P<host>[A-Za-z0-9._]+)-(?P<pid>\d+)-[^-]+$", name[len(prefix) - 1:])
+    host = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
+    if not match or match.group("host") != host:
+        return None
+    try:
+        os.kill(int(match.group("pid")), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def remove_stale_staging(parent, prefix):
+    """Removes the staging folders `<parent>/<prefix>*` that writers killed before their rename
+    left: those of a process of this host that no longer runs, and any older than a day. Returns
+    the names removed."""
+    removed = []
+    if not os.path.isdir(parent):
+        return removed
+    for name in sorted(os.listdir(parent)):
+        path = os.path.join(parent, name)
+        if not name.startswith(prefix) or not os.path.isdir(path) or os.path.islink(path):
+            continue
+        alive = _writer_alive(name, prefix)
+        try:
+            old = time.time() - os.path.getmtime(path) > STALE_AFTER_SECONDS
+        except OSError:
+            continue
+        if alive is False or (alive is None and old):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(name)
+            logging.getLogger(__name__).warning("removed %s, left by an interrupted write", path)
+    return removed

@@ -24,6 +24,7 @@ import os
 
 import numpy as np
 
+from lhrcnn.config import DEFAULT_MAX_IMAGE_PIXELS
 from lhrcnn.errors import MissingPathError
 
 __all__ = ["Detections", "Predictor", "read_image"]
@@ -61,8 +62,9 @@ class Detections:
 # ----------------------------------------------------------------------------- images
 
 
-def _decode(raw, what, plural=False):
-    """decode_image of the bytes `raw`; ValueError starting with `what` (e.g. "image x.png")."""
+def _decode(raw, what, max_pixels, plural=False):
+    """decode_image of the bytes `raw`; ValueError starting with `what` (e.g. "image x.png") when
+    they are not a readable image or would decode to more than max_pixels pixels."""
     import tensorflow as tf
 
     from lhrcnn.data import preprocess
@@ -70,13 +72,17 @@ def _decode(raw, what, plural=False):
     if not bool(preprocess.is_supported_image(raw)):
         raise ValueError(f"{what} {'are' if plural else 'is'} not a JPEG, PNG, GIF, BMP or WebP image")
     try:
-        return preprocess.decode_image(raw).numpy()
+        frames, height, width = (int(v) for v in preprocess.decoded_size(raw))
+        if frames * height * width > max_pixels:
+            raise ValueError(f"{what} would decode to {frames} frame(s) of {height}x{width} pixels (by its header), "
+                             f"more than the {max_pixels} pixels allowed (max_image_pixels); it is not decoded")
+        return preprocess.decode_image(raw, max_pixels=None).numpy()
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"{what} cannot be decoded ({reason})") from None
 
 
-def read_image(image):
+def read_image(image, max_pixels=DEFAULT_MAX_IMAGE_PIXELS):
     """The uint8 [H, W, 3] RGB pixels of `image`:
 
       * a path (str or os.PathLike): the file, decoded; FileNotFoundError when it does not exist,
@@ -85,7 +91,8 @@ def read_image(image):
       * a NumPy array: returned as it is when it is uint8 [H, W, 3] with H, W >= 1, else ValueError
         naming its dtype and shape.
 
-    TypeError for anything else.
+    Encoded images that would decode to more than max_pixels pixels (frames x height x width,
+    by their header) raise ValueError without being decoded. TypeError for anything else.
     """
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
@@ -94,14 +101,14 @@ def read_image(image):
         return image
     if isinstance(image, (bytes, bytearray, memoryview)):
         raw = bytes(image)
-        return _decode(raw, f"the image bytes ({len(raw)} bytes)", plural=True)
+        return _decode(raw, f"the image bytes ({len(raw)} bytes)", max_pixels, plural=True)
     if isinstance(image, (str, os.PathLike)):
         path = os.fspath(image)
         if not os.path.isfile(path):
             raise MissingPathError(f"image {path} does not exist")
         with open(path, "rb") as f:
             raw = f.read()
-        return _decode(raw, f"image {path}")
+        return _decode(raw, f"image {path}", max_pixels)
     raise TypeError(f"an image is a path, encoded bytes or a uint8 [H, W, 3] array, got {type(image).__name__}")
 
 
@@ -125,8 +132,9 @@ def saved_model_version(path):
 
 
 def _export_details(version_dir):
-    """(class names per class index, {category id: class index}, baked score threshold) of an
-    export, from assets.extra/export_info.json, else from label_map.json (category id -> name)."""
+    """(class names per class index, {category id: class index}, baked score threshold, the
+    max_image_pixels of its serve_bytes) of an export, from assets.extra/export_info.json, else
+    from label_map.json (category id -> name)."""
     from lhrcnn.export import saved_model, warmup
     extra = os.path.join(version_dir, warmup.WARMUP_DIR)
     info_file = os.path.join(extra, saved_model.INFO_FILE)
@@ -135,7 +143,8 @@ def _export_details(version_dir):
             info = json.load(f)
         names = tuple(info["class_names"])
         ids = info.get("category_ids") or list(range(len(names)))
-        return names, {int(c): i for i, c in enumerate(ids) if i > 0}, float(info.get("score_threshold", 0.0))
+        return (names, {int(c): i for i, c in enumerate(ids) if i > 0}, float(info.get("score_threshold", 0.0)),
+                int(info.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)))
     label_file = os.path.join(extra, saved_model.LABEL_MAP_FILE)
     if os.path.isfile(label_file):  # no class indices: the category ids stand in for them
         with open(label_file) as f:
@@ -143,7 +152,7 @@ def _export_details(version_dir):
         names = ["background"] + [f"class {i}" for i in range(1, max(labels, default=0) + 1)]
         for i, name in labels.items():
             names[i] = name
-        return tuple(names), {i: i for i in labels}, 0.0
+        return tuple(names), {i: i for i in labels}, 0.0, DEFAULT_MAX_IMAGE_PIXELS
     raise MissingPathError(f"{version_dir} has neither {os.path.join(warmup.WARMUP_DIR, saved_model.INFO_FILE)} nor "
                            f"{saved_model.LABEL_MAP_FILE}: it is not an export of `lhrcnn export`")
 
@@ -165,6 +174,9 @@ class Predictor:
     detector's own post-processing and of the original); default: the config's
     test_score_threshold (for a SavedModel, the one baked into the export; a lower value cannot
     bring back what the export dropped).
+
+    Encoded images that would decode to more than `max_image_pixels` pixels (the config's; for
+    a SavedModel the export's) are refused with ValueError before they are decoded.
     """
 
     def __init__(self, experiment, checkpoint=None, *, score_threshold=None, **overrides):
@@ -194,7 +206,7 @@ class Predictor:
         or a model base folder (its largest version)."""
         import tensorflow as tf
         version_dir = saved_model_version(path)
-        names, index_of, baked = _export_details(version_dir)
+        names, index_of, baked, max_pixels = _export_details(version_dir)
         loaded = tf.saved_model.load(version_dir)
         from lhrcnn.export import serving
         if serving.DEFAULT_SIGNATURE not in loaded.signatures:
@@ -216,6 +228,7 @@ class Predictor:
         predictor = cls.__new__(cls)
         predictor.config, predictor.detector, predictor.checkpoint = None, None, None
         predictor.saved_model = version_dir
+        predictor.max_image_pixels = max_pixels
         predictor._loaded = loaded  # keeps the signature's variables alive
         predictor._run = run
         predictor.class_names = names
@@ -237,6 +250,7 @@ class Predictor:
         predictor = cls.__new__(cls)
         predictor.config, predictor.detector, predictor.checkpoint, predictor.saved_model = None, None, None, None
         predictor.edge_model = model
+        predictor.max_image_pixels = DEFAULT_MAX_IMAGE_PIXELS
         predictor._run = run
         predictor.class_names = model.class_names
         predictor.score_threshold = model.score_threshold if score_threshold is None else float(score_threshold)
@@ -248,6 +262,7 @@ class Predictor:
         from lhrcnn.data.preprocess import preprocess_for_eval
         from lhrcnn.evaluation.coco_eval import inference_function
         self.detector, self.config, self.saved_model = detector, detector.config, None
+        self.max_image_pixels = int(self.config.max_image_pixels)
         infer = inference_function(detector)  # one trace for every image size
 
         def run(image):
@@ -270,7 +285,7 @@ class Predictor:
         return self._detect(images, score_threshold)
 
     def _detect(self, image, score_threshold):
-        pixels = read_image(image)
+        pixels = read_image(image, self.max_image_pixels)
         threshold = self.score_threshold if score_threshold is None else float(score_threshold)
         boxes, scores, classes, count = self._run(pixels)
         keep = (np.arange(scores.shape[0]) < count) & (classes > 0) & (scores > threshold)
@@ -283,4 +298,4 @@ class Predictor:
         """uint8 [H, W, 3]: `image` (anything __call__ takes) with the boxes, class names and
         scores of `detections` drawn (lhrcnn.visualize.draw_detections)."""
         from lhrcnn.visualize import draw_detections
-        return np.array(draw_detections(read_image(image), detections.to_list()), np.uint8)
+        return np.array(draw_detections(read_image(image, self.max_image_pixels), detections.to_list()), np.uint8)

@@ -42,13 +42,12 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
 
 import numpy as np
 import tensorflow as tf
 
 from lhrcnn.keras import keras
-from lhrcnn.paths import resolve_checkpoint
+from lhrcnn.paths import make_staging_dir, remove_stale_staging, resolve_checkpoint
 
 # backbone name (Config.backbone) -> the TF1 variable scope of the backbone and of the heads
 # (the original's head code re-opens the backbone's scope).
@@ -352,7 +351,9 @@ def write_checkpoint(detector, output, report):
                               f"another --output")
     parent = os.path.dirname(output)
     os.makedirs(parent, exist_ok=True)
-    temporary = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.tmp-", dir=parent)
+    prefix = f".{os.path.basename(output)}.tmp-"
+    remove_stale_staging(parent, prefix)  # what killed conversions left
+    temporary = make_staging_dir(parent, prefix)
     try:
         umask = os.umask(0)
         os.umask(umask)

@@ -24,14 +24,17 @@ import threading
 import numpy as np
 import tensorflow as tf
 
+from lhrcnn.config import DEFAULT_MAX_IMAGE_PIXELS
 from lhrcnn.data import preprocess
 from lhrcnn.data.preprocess import resized_shape, training_sizes  # noqa: F401  (names of this module too)
 
 logger = logging.getLogger(__name__)
 
-_OK, _NOT_AN_IMAGE, _DECODE_FAILED = 0, 1, 2
+_OK, _NOT_AN_IMAGE, _DECODE_FAILED, _TOO_LARGE = 0, 1, 2, 3
 _REASONS = {_NOT_AN_IMAGE: "not a JPEG, PNG, GIF, BMP or WebP file (or empty)",
-            _DECODE_FAILED: "unreadable, truncated or corrupt (decoding failed)"}
+            _DECODE_FAILED: "unreadable, truncated or corrupt (decoding failed)",
+            _TOO_LARGE: "{frames} frame(s) of {height}x{width} pixels by its header: more than the {limit} pixels "
+                        "max_image_pixels allows (not decoded)"}
 _MAX_NAMED = 10  # files named one by one in build-time warnings
 
 
@@ -44,7 +47,8 @@ class PipelineStats:
       skipped_without_boxes: training records skipped because they have no box.
       truncated_images, truncated_boxes: records with more than max_boxes_of_image boxes, and
         the boxes beyond it that are dropped.
-      failed_files: {path: reason} of images skipped because they could not be decoded.
+      failed_files: {path: reason} of images skipped because they could not be decoded or
+        decode to more than max_image_pixels pixels (too_large counts the latter).
       failures: skip events (a bad file fails again in every epoch).
       size_mismatches: {path: ((annotated h, w), (decoded h, w))}; the decoded size is used.
     """
@@ -56,36 +60,44 @@ class PipelineStats:
         self.truncated_images = 0
         self.truncated_boxes = 0
         self.failed_files = {}
+        self.too_large = 0
         self.failures = 0
         self.size_mismatches = {}
+        self.max_pixels = None  # the limit of the pipeline that reports here (the too-large message)
 
     def as_dict(self):
         with self._lock:
             return {"images": self.images, "skipped_without_boxes": self.skipped_without_boxes,
                     "truncated_images": self.truncated_images, "truncated_boxes": self.truncated_boxes,
-                    "failed_files": len(self.failed_files), "failures": self.failures,
+                    "failed_files": len(self.failed_files), "too_large": self.too_large, "failures": self.failures,
                     "size_mismatches": len(self.size_mismatches)}
 
     def summary(self):
         """One line of counts."""
         return ", ".join(f"{k} {v}" for k, v in self.as_dict().items())
 
-    def _report(self, path, image_id, status, height, width, decoded_height, decoded_width):
-        """Called (through tf.py_function) for a failed image or one whose size differs from its record."""
+    def _report(self, path, image_id, status, height, width, decoded_height, decoded_width, header_size):
+        """Called (through tf.py_function) for a failed image or one whose size differs from its
+        record; header_size is (frames, height, width) by the file's header."""
         path = path.numpy().decode("utf-8", "replace")
         image_id, status = int(image_id.numpy()), int(status.numpy())
+        frames, header_height, header_width = (int(v) for v in header_size.numpy())
+        reason = _REASONS.get(status, "").format(frames=frames, height=header_height, width=header_width,
+                                                 limit=self.max_pixels)
         with self._lock:
             if status != _OK:
                 self.failures += 1
                 first = path not in self.failed_files
-                self.failed_files[path] = _REASONS[status]
+                if first and status == _TOO_LARGE:
+                    self.too_large += 1
+                self.failed_files[path] = reason
                 all_failed = len(self.failed_files) >= self.images
             else:
                 first = path not in self.size_mismatches
                 self.size_mismatches[path] = ((int(height), int(width)), (int(decoded_height), int(decoded_width)))
                 all_failed = False
         if first and status != _OK:
-            logger.warning("skipping image %s (image id %d): %s", path, image_id, _REASONS[status])
+            logger.warning("skipping image %s (image id %d): %s", path, image_id, reason)
         elif first:
             logger.warning("image %s (image id %d) is %dx%d but annotated as %dx%d; using the decoded size",
                            path, image_id, int(decoded_height), int(decoded_width), int(height), int(width))
@@ -159,19 +171,27 @@ def _lookup(table, position, index):
 # ----------------------------------------------------------------------------- decoding
 
 
-def _read_and_decode(element):
+def _read_and_decode(max_pixels, element):
+    """The element with its image decoded, or an empty image and the status why not: not an image,
+    or more than max_pixels pixels by its header (then nothing is decoded)."""
     raw = tf.io.read_file(element["path"])
     supported = preprocess.is_supported_image(raw)
-    image = tf.cond(supported, lambda: preprocess.decode_image(raw), lambda: tf.zeros([0, 0, 3], tf.uint8))
+    size = tf.cond(supported, lambda: tf.stack(preprocess.decoded_size(raw)), lambda: tf.zeros([3], tf.int64))
+    fits = tf.reduce_prod(size) <= max_pixels
+    image = tf.cond(supported & fits, lambda: preprocess.decode_image(raw, max_pixels=None),
+                    lambda: tf.zeros([0, 0, 3], tf.uint8))
     image.set_shape([None, None, 3])
-    return {**element, "image": image, "status": tf.where(supported, _OK, _NOT_AN_IMAGE)}
+    status = tf.where(supported, tf.where(fits, _OK, _TOO_LARGE), _NOT_AN_IMAGE)
+    return {**element, "image": image, "status": status, "header_size": size}
 
 
-def _decode_or_mark_failed(element):
+def _decode_or_mark_failed(max_pixels, element):
     """A one-element dataset: the decoded element, or the element marked failed (status 2)."""
-    decoded = tf.data.Dataset.from_tensors(element).map(_read_and_decode).ignore_errors(log_warning=True)
+    decoded = (tf.data.Dataset.from_tensors(element).map(functools.partial(_read_and_decode, max_pixels))
+               .ignore_errors(log_warning=True))
     failed = tf.data.Dataset.from_tensors({**element, "image": tf.zeros([0, 0, 3], tf.uint8),
-                                           "status": tf.constant(_DECODE_FAILED)})
+                                           "status": tf.constant(_DECODE_FAILED),
+                                           "header_size": tf.zeros([3], tf.int64)})
     return decoded.concatenate(failed).take(1)
 
 
@@ -183,23 +203,26 @@ def _report(stats, element):
     keep = tf.cond(
         tf.logical_or(tf.not_equal(element["status"], _OK), mismatch),
         lambda: tf.py_function(stats._report, [element["path"], element["image_id"], element["status"],
-                                               element["height"], element["width"], shape[0], shape[1]],
+                                               element["height"], element["width"], shape[0], shape[1],
+                                               element["header_size"]],
                                tf.int32),
         lambda: tf.constant(1, tf.int32))
     return {**element, "keep": tf.reshape(tf.cast(keep, tf.bool), [])}
 
 
-def _decode(indices, table, stats, num_parallel_calls):
+def _decode(indices, table, stats, num_parallel_calls, max_pixels):
     """(position, record index) pairs -> decoded elements, in order; failed images dropped."""
+    stats.max_pixels = max_pixels
     return (indices.map(functools.partial(_lookup, table))
-            .interleave(_decode_or_mark_failed, cycle_length=num_parallel_calls, block_length=1,
+            .interleave(functools.partial(_decode_or_mark_failed, max_pixels), cycle_length=num_parallel_calls,
+                        block_length=1,
                         num_parallel_calls=num_parallel_calls, deterministic=True)
             .map(functools.partial(_report, stats))
             .filter(lambda element: element["keep"]))
 
 
 def read_images(records, *, shuffle, repeat, seed, skip=0, cache=False, stats=None,
-                num_parallel_calls=tf.data.AUTOTUNE):
+                num_parallel_calls=tf.data.AUTOTUNE, max_pixels=DEFAULT_MAX_IMAGE_PIXELS):
     """The stream of decoded images of `records`.
 
     Args:
@@ -212,6 +235,8 @@ def read_images(records, *, shuffle, repeat, seed, skip=0, cache=False, stats=No
         shuffling, repeating and skipping then run over the decoded images.
       stats: the PipelineStats that failures and size mismatches are reported to.
       num_parallel_calls: parallelism of reading and decoding.
+      max_pixels: images that decode to more pixels (frames x height x width, by the file's
+        header) are skipped without being decoded (config.max_image_pixels).
     Returns:
       tf.data.Dataset of dicts: path, image_id, height, width (the record's), boxes [n, 4],
       classes [n], image [H, W, 3] uint8, status, keep, and position (int64, the image's place
@@ -224,7 +249,7 @@ def read_images(records, *, shuffle, repeat, seed, skip=0, cache=False, stats=No
         # uint8 images in memory, then shuffle, repeat and number the decoded elements: the
         # stream is that of the uncached pipeline over the readable images.
         data = _decode(tf.data.Dataset.range(len(records)).map(lambda i: (i, i)), table, stats,
-                       num_parallel_calls).cache()
+                       num_parallel_calls, max_pixels).cache()
         if shuffle:
             data = data.shuffle(len(records), seed=seed, reshuffle_each_iteration=True)
         if repeat:
@@ -235,7 +260,7 @@ def read_images(records, *, shuffle, repeat, seed, skip=0, cache=False, stats=No
         indices = indices.shuffle(len(records), seed=seed, reshuffle_each_iteration=True)
     if repeat:
         indices = indices.repeat()
-    return _decode(indices.enumerate().skip(skip), table, stats, num_parallel_calls)
+    return _decode(indices.enumerate().skip(skip), table, stats, num_parallel_calls, max_pixels)
 
 
 # ----------------------------------------------------------------------------- preprocessing
@@ -383,7 +408,7 @@ def make_dataset(dataset, config, *, training, batch_size, shuffle=None, seed=No
         seed = int(np.random.SeedSequence().generate_state(1)[0] >> 1)
     short_size, max_size = training_sizes(config) if training else preprocess.eval_sizes(config)
     data = read_images(records, shuffle=shuffle, repeat=repeat, seed=seed, skip=int(skip), cache=cache, stats=stats,
-                       num_parallel_calls=num_parallel_calls)
+                       num_parallel_calls=num_parallel_calls, max_pixels=int(config.max_image_pixels))
     data = data.map(functools.partial(
         preprocess_element, short_size=short_size, max_size=max_size, image_mean=config.image_mean,
         size_divisor=int(config.size_divisor), max_boxes=int(config.max_boxes_of_image),

@@ -17,6 +17,8 @@ eagerly, inside tf.data map functions and inside traced tf.functions (SavedModel
 import numpy as np
 import tensorflow as tf
 
+from lhrcnn.config import DEFAULT_MAX_IMAGE_PIXELS
+
 
 # ----------------------------------------------------------------------------- decoding
 
@@ -33,12 +35,128 @@ def is_supported_image(raw):
             | (tf.equal(tf.strings.substr(head, 0, 4), b"RIFF") & tf.equal(tf.strings.substr(head, 8, 4), b"WEBP")))
 
 
-def decode_image(raw):
+def decode_image(raw, max_pixels=DEFAULT_MAX_IMAGE_PIXELS, context=()):
     """[H, W, 3] uint8 RGB of encoded image bytes (an animation's first frame; grey and RGBA
-    images converted to RGB). Bytes that are not a readable image raise in the decoder."""
-    image = tf.io.decode_image(raw, channels=3, expand_animations=False)
+    images converted to RGB). Bytes that are not a readable image raise in the decoder.
+
+    When max_pixels is not None, the size the decoder would allocate (decoded_size: frames x
+    height x width, read from the header) is checked first: more than max_pixels raises
+    InvalidArgument, prefixed by the items of `context` (strings and tensors naming the input),
+    and nothing is decoded."""
+    checks = []
+    if max_pixels is not None:
+        frames, height, width = decoded_size(raw)
+        checks.append(tf.debugging.Assert(
+            frames * height * width <= max_pixels,
+            [*context, "decodes to", frames, "frame(s) of", height, "x", width,
+             f"pixels (read from its header): more than the {max_pixels} pixels allowed (max_image_pixels)"],
+            summarize=16))
+    with tf.control_dependencies(checks):
+        image = tf.io.decode_image(raw, channels=3, expand_animations=False)
     image.set_shape([None, None, 3])
     return image
+
+
+def _uint(b, offset, n, big_endian=False):
+    """The n-byte unsigned integer at `offset` of the int64 byte vector b."""
+    value = tf.constant(0, tf.int64)
+    for i in range(n):
+        value += b[offset + i] * (1 << (8 * (n - 1 - i if big_endian else i)))
+    return value
+
+
+def _int32(value):
+    """A 4-byte unsigned value read as a signed int32 (two's complement)."""
+    return tf.where(value >= 1 << 31, value - (1 << 32), value)
+
+
+def _gif_size(raw):
+    """(frames, height, width) int64 of what TensorFlow's GIF decoder allocates for `raw`: one
+    canvas per frame, the canvas as large as the largest frame (left + width, top + height of the
+    image descriptors, an upper bound).
+
+    The frames are found by walking the GIF's blocks without decoding the pixels: each
+    extension and image block ends after a chain of sub-blocks (a size byte, that many bytes, ...,
+    a zero byte). Both chains, sub-blocks and then blocks, are followed for every byte position at
+    once by pointer doubling: O(n log n) vectorised work for n bytes, whatever the file's layout."""
+    b = tf.cast(tf.io.decode_raw(raw, tf.uint8), tf.int32)
+    b = tf.concat([b, tf.zeros([16], tf.int32)], 0)  # reads past the end see zeros (chain ends)
+    n = tf.size(b)
+    last = n - 1
+    pos = tf.range(n)
+    steps = tf.cast(tf.math.ceil(tf.math.log(tf.cast(n, tf.float64)) / np.log(2.0)), tf.int32) + 1
+
+    def at(vector, index):
+        return tf.gather(vector, tf.minimum(index, last))
+
+    def le16(offset):
+        return at(b, pos + offset) + 256 * at(b, pos + offset + 1)
+
+    def follow(nxt, *values):
+        """After `steps` doublings, each position's chain end and the sum (first value) and
+        maxima (others) of `values` along the chain; ends point to themselves with zero values."""
+        def body(i, nxt, total, *maxima):
+            total = total + tf.gather(total, nxt)
+            maxima = [tf.maximum(m, tf.gather(m, nxt)) for m in maxima]
+            return (i + 1, tf.gather(nxt, nxt), total, *maxima)
+        return tf.while_loop(lambda i, *_: i < steps, body, (tf.constant(0), nxt, *values))[1:]
+
+    # sub-block chains: position -> the position of the chain's zero byte
+    zeros = tf.zeros_like(pos)
+    term, _ = follow(tf.where(tf.equal(b, 0), pos, tf.minimum(pos + b + 1, last)), zeros)
+    packed = at(b, pos + 9)
+    local_table = tf.where(packed >= 128, 3 * tf.bitwise.left_shift(2, packed % 8), 0)
+    is_image, is_extension = tf.equal(b, 0x2C), tf.equal(b, 0x21)
+    block_end = tf.where(is_image, at(term, pos + 11 + local_table) + 1,
+                         tf.where(is_extension, at(term, pos + 2) + 1, pos))
+    _, frames, width, height = follow(
+        tf.minimum(block_end, last), tf.cast(is_image, tf.int32),
+        tf.where(is_image, le16(1) + le16(5), 0), tf.where(is_image, le16(3) + le16(7), 0))
+    flags = b[10]
+    first = 13 + tf.where(flags >= 128, 3 * tf.bitwise.left_shift(2, flags % 8), 0)
+    return tuple(tf.cast(at(v, first), tf.int64) for v in (frames, height, width))
+
+
+def decoded_size(raw):
+    """(frames, height, width) int64 scalars: the size tf.io.decode_image allocates for the encoded
+    image `raw` (decoded_size[0] x [1] x [2] pixels), read from the file's header, not decoded.
+
+    JPEG: the frame header (tf.image.extract_jpeg_shape; a corrupt JPEG raises InvalidArgument);
+    PNG: IHDR; BMP: the info header's width and |height|; WebP: the VP8, VP8L or VP8X header (the
+    decoder refuses animated WebP with 3 channels); GIF: every frame (_gif_size). Bytes of none of
+    these formats give (0, 0, 0)."""
+    head = tf.strings.substr(tf.strings.join([tf.strings.substr(raw, 0, 32), b"\0" * 32]), 0, 32)
+    b = tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int64)
+    zero = tf.constant(0, tf.int64)
+
+    def jpeg():
+        shape = tf.cast(tf.image.extract_jpeg_shape(raw), tf.int64)
+        return tf.constant(1, tf.int64), shape[0], shape[1]
+
+    def gif():
+        return _gif_size(raw)
+
+    def other():
+        png = tf.equal(tf.strings.substr(head, 0, 8), b"\x89PNG\r\n\x1a\n")
+        bmp = tf.equal(tf.strings.substr(head, 0, 2), b"BM")
+        webp = (tf.equal(tf.strings.substr(head, 0, 4), b"RIFF")
+                & tf.equal(tf.strings.substr(head, 8, 4), b"WEBP"))
+        chunk = tf.strings.substr(head, 12, 4)
+        vp8l_bits = _uint(b, 21, 4)
+        webp_h = tf.case([(tf.equal(chunk, b"VP8 "), lambda: _uint(b, 28, 2) % (1 << 14)),
+                          (tf.equal(chunk, b"VP8L"), lambda: (vp8l_bits // (1 << 14)) % (1 << 14) + 1),
+                          (tf.equal(chunk, b"VP8X"), lambda: _uint(b, 27, 3) + 1)], default=lambda: zero)
+        webp_w = tf.case([(tf.equal(chunk, b"VP8 "), lambda: _uint(b, 26, 2) % (1 << 14)),
+                          (tf.equal(chunk, b"VP8L"), lambda: vp8l_bits % (1 << 14) + 1),
+                          (tf.equal(chunk, b"VP8X"), lambda: _uint(b, 24, 3) + 1)], default=lambda: zero)
+        height = tf.where(png, _uint(b, 20, 4, big_endian=True),
+                          tf.where(bmp, tf.abs(_int32(_uint(b, 22, 4))), tf.where(webp, webp_h, zero)))
+        width = tf.where(png, _uint(b, 16, 4, big_endian=True),
+                         tf.where(bmp, tf.abs(_int32(_uint(b, 18, 4))), tf.where(webp, webp_w, zero)))
+        return tf.cast(png | bmp | webp, tf.int64), height, width
+
+    is_gif = tf.equal(tf.strings.substr(head, 0, 4), b"GIF8")
+    return tf.case([(tf.io.is_jpeg(raw), jpeg), (is_gif, gif)], default=other)
 
 
 # ----------------------------------------------------------------------------- sizes

@@ -22,18 +22,19 @@ size, quantisation, the ops used, class names and category ids, eval sizes and m
 written under a temporary name and renamed into place, so it is complete or absent.
 """
 import json
+import logging
 import os
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
 
 from lhrcnn.export import categories as categories_lib
 from lhrcnn.export import edge_runtime
+from lhrcnn.paths import make_staging_dir, remove_stale_staging
 
 FORMATS = ("tflite", "onnx")
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
@@ -261,20 +262,32 @@ def check_onnx_ops(op_types):
 def calibration_canvases(dataset, count, input_size, config, seed=0, model_scale=1.0):
     """`count` training images (a seeded random choice of the dataset's records) letterboxed to
     the input size as edge_runtime.letterbox does for a model whose preprocessing scales by
-    `model_scale`, each uint8 [1, H, W, 3]."""
+    `model_scale`, each uint8 [1, H, W, 3]. Images that cannot be read or have more than
+    config.max_image_pixels pixels are skipped (with a warning) and the next of the random order
+    taken instead; ValueError when none can be read."""
     from PIL import Image
     records = list(dataset.records)
     if not records:
         raise ValueError("the calibration set has no images")
-    order = np.random.default_rng(seed).permutation(len(records))[:count]
     mean = np.asarray(config.image_mean, np.float64)[::-1]
     canvases = []
-    for i in order:
-        with Image.open(records[i].path) as image:
-            pixels = np.asarray(image.convert("RGB"))
+    for i in np.random.default_rng(seed).permutation(len(records)):
+        if len(canvases) == count:
+            break
+        try:
+            with Image.open(records[i].path) as image:
+                if image.width * image.height > config.max_image_pixels:
+                    raise OSError(f"{image.width}x{image.height} pixels, more than max_image_pixels "
+                                  f"({config.max_image_pixels})")
+                pixels = np.asarray(image.convert("RGB"))
+        except (OSError, Image.DecompressionBombError) as e:
+            logging.warning("calibration: skipping image %s: %s", records[i].path, e)
+            continue
         canvas, _ = edge_runtime.letterbox(pixels, *input_size, config.eval_image_short_size,
                                            config.eval_image_max_size, mean, model_scale)
         canvases.append(canvas[None])
+    if not canvases:
+        raise ValueError(f"none of the {len(records)} calibration images can be read")
     return canvases
 
 
@@ -356,7 +369,9 @@ def export_edge(experiment, checkpoint, output_dir, *, fmt, quantize="none", inp
                                            model_scale=in_model_scale(config, input_size, resize))
     parent = os.path.dirname(output_dir)
     os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix="." + os.path.basename(output_dir) + ".", dir=parent)
+    prefix = f".{os.path.basename(output_dir)}.tmp-"
+    remove_stale_staging(parent, prefix)  # what killed exports left
+    staging = make_staging_dir(parent, prefix)
     started = time.time()
     try:
         name = edge_runtime.TFLITE_FILE if fmt == "tflite" else edge_runtime.ONNX_FILE

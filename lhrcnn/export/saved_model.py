@@ -10,12 +10,12 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import time
 
 import tensorflow as tf
 
 from lhrcnn.export import categories, serving, warmup
+from lhrcnn.paths import make_staging_dir, remove_stale_staging
 
 CUSTOM_OP_PREFIX = "Lhrcnn"  # every op of lhrcnn/_lhrcnn_ops.so (ops/kernels/*: REGISTER_OP("Lhrcnn..."))
 PYTHON_ONLY_OPS = frozenset({"PyFunc", "PyFuncStateless", "EagerPyFunc"})  # need a Python interpreter
@@ -131,7 +131,8 @@ def export_saved_model(detector, base_dir, *, category_ids, version=None, model_
         raise FileExistsError(f"{final} exists already; refusing to overwrite a version (pick another --version)")
     model_name = model_name or os.path.basename(base_dir)
     os.makedirs(base_dir, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base_dir)  # not a number: servers ignore it
+    remove_stale_staging(base_dir, ".tmp-")  # what killed exports left
+    tmp = make_staging_dir(base_dir, f".tmp-{version}-")  # not a number: servers ignore it
     try:
         started = time.time()
         module = serving.ServingModule(detector, category_ids)
@@ -157,7 +158,7 @@ def export_saved_model(detector, base_dir, *, category_ids, version=None, model_
             "eval_image_short_size": config.eval_image_short_size,
             "eval_image_max_size": config.eval_image_max_size, "size_divisor": config.size_divisor,
             "max_detections": config.test_max_detections, "score_threshold": config.test_score_threshold,
-            **(info or {})}
+            "max_image_pixels": int(config.max_image_pixels), **(info or {})}
         if verify:
             details["warmup_requests_verified"] = replay_warmup(tmp, int(config.test_max_detections))
         details["export_seconds"] = round(time.time() - started, 1)

@@ -103,8 +103,9 @@ def preprocess_encoded(image_bytes, config, signature=BYTES_SIGNATURE):
     Each image is decoded to RGB (JPEG, PNG, GIF (first frame), BMP, WebP), resized, normalised
     and padded to multiples of size_divisor on its own, then the batch is padded to its largest
     image, as the eval pipeline's padded_batch does. Bytes that are not an image raise
-    InvalidArgument naming the element; a truncated or corrupt file fails in the decoder
-    (InvalidArgument as well).
+    InvalidArgument naming the element, and so does an image that would decode to more than
+    config.max_image_pixels pixels by its header (decompression bombs are not decoded); a
+    truncated or corrupt file fails in the decoder (InvalidArgument as well).
 
     Args:
       image_bytes: [N] string.
@@ -122,7 +123,8 @@ def preprocess_encoded(image_bytes, config, signature=BYTES_SIGNATURE):
             [f"{where}: element", i, "is not a JPEG or PNG image (nor GIF, BMP or WebP); its size in bytes:",
              tf.strings.length(raw)])
         with tf.control_dependencies([check]):
-            image = preprocess.decode_image(raw)
+            image = preprocess.decode_image(raw, max_pixels=int(config.max_image_pixels),
+                                            context=[f"{where}: element", i])
         padded, info = preprocess.preprocess_for_eval(image, config)
         return i + 1, images.write(i, padded), infos.write(i, info)
 

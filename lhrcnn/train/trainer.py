@@ -104,6 +104,7 @@ class TrainingEvaluator:
         self.images = require_dir(config_path(images), "eval image folder")
         self.chief = chief
         self.images_to_draw = int(images_to_draw)
+        self.max_image_pixels = int(config.max_image_pixels)
         if not chief:
             return
         from lhrcnn.data.coco import load_coco
@@ -178,8 +179,10 @@ class TrainingEvaluator:
         for record in records:
             try:
                 with Image.open(record.path) as image:
+                    if image.width * image.height > self.max_image_pixels:  # the pipeline skipped it too
+                        raise OSError(f"{record.path} is larger than max_image_pixels")
                     canvas = image.convert("RGB")
-            except OSError:  # unreadable now: a grey image of the annotated size
+            except (OSError, Image.DecompressionBombError):  # unreadable now: a grey image of the annotated size
                 canvas = Image.new("RGB", (record.width, record.height), (128, 128, 128))
             draw = ImageDraw.Draw(canvas)
             for x1, y1, x2, y2 in record.boxes.tolist():
@@ -386,6 +389,7 @@ class Trainer:
 
     def train(self):
         c = self.config
+        self.checkpoints.prepare()  # debris of killed saves removed; a folder that takes no checkpoint fails here
         self.restore_or_initialize()
         start = int(self.optimizer.iterations.numpy())
         if start >= self.total_steps:

@@ -213,12 +213,18 @@ def test_export_script(tmp_path_factory, tmp_path):
     m = fx.model(tmp_path_factory)
     out = tmp_path / "models" / "synth"
     proc = _export_py("--experiment", fx.SYNTHETIC, "--checkpoint", os.path.dirname(m["checkpoint"]),
-                      "--output", out, "--max-detections", 7, "--score-threshold", 0.05,
+                      "--output", out, "--max-detections", 7, "--score-threshold", 0.05, "--max-image-pixels", 1000,
                       "--annotations", m["annotations"], "--noverify", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"wrote {out}/1" in proc.stdout and "docker run" in proc.stdout
     info = json.loads((out / "1" / "assets.extra" / "export_info.json").read_text())
     assert (info["max_detections"], info["score_threshold"], info["ops"]) == (7, 0.05, "tf")
+    assert info["max_image_pixels"] == 1000
+    serve_bytes = tf.saved_model.load(str(out / "1")).signatures["serve_bytes"]
+    assert serve_bytes(image_bytes=tf.constant([fx.encode(fx.make_image(25, 40, 3), "PNG")]))["num_detections"].shape == [1]
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"element\] \[0\] \[decodes to\] \[1\] \[frame\(s\) of\] "
+                                                             r"\[26\] \[x\] \[40\].*1000 pixels allowed"):
+        serve_bytes(image_bytes=tf.constant([fx.encode(fx.make_image(26, 40, 3), "PNG")]))
     assert info["category_ids"][1:] == list(fx.CATEGORY_IDS.values())
     assert info["checkpoint"] == m["checkpoint"]
     _assert_user_error(_export_py("--experiment", fx.SYNTHETIC, "--checkpoint", m["checkpoint"], "--output", out,

@@ -6,10 +6,13 @@ InvalidArgument and a message naming the problem, the server serving on afterwar
 import base64
 import json
 import os
+import shutil
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
+from concurrent import futures
 
 import grpc
 import numpy as np
@@ -18,6 +21,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 import export_fixtures as fx
+from image_bombs import gif_frames, png_bomb
 from serving_server import ModelServer
 
 CLIENT_PY = os.path.join(fx.ROOT, "scripts/serving_client.py")
@@ -141,6 +145,8 @@ def test_client_errors(server, tmp_path):
 
 
 TRUNCATED_JPEG = fx.encode(fx.make_image(40, 40, 5), "JPEG")[:200]
+PNG_BOMB = png_bomb(23170, 23170)
+GIF_BOMB = gif_frames([(20000, 1), (1, 20000)] + [(1, 1)] * 10)
 BAD_INPUTS = {
     "float images": ("serving_default", {"images": np.zeros([1, 32, 32, 3], np.float32)}, "uint8"),
     "rank 3": ("serving_default", {"images": np.zeros([32, 32, 3], np.uint8)},
@@ -156,6 +162,11 @@ BAD_INPUTS = {
     "empty string": ("serve_bytes", {"image_bytes": np.array([fx.encode(fx.make_image(9, 9, 0), "PNG"), b""],
                                                                dtype=object)}, "element] [1] [is not a JPEG"),
     "truncated jpeg": ("serve_bytes", {"image_bytes": np.array([TRUNCATED_JPEG], dtype=object)}, "JPEG"),
+    "png bomb": ("serve_bytes", {"image_bytes": np.array([fx.encode(fx.make_image(9, 9, 0), "PNG"), PNG_BOMB],
+                                                           dtype=object)},
+                 "element] [1] [decodes to] [1] [frame(s) of] [23170] [x] [23170]"),
+    "gif bomb": ("serve_bytes", {"image_bytes": np.array([GIF_BOMB], dtype=object)},
+                 "[12] [frame(s) of] [20000] [x] [20000] [pixels (read from its header): more than the 67108864"),
     "no bytes": ("serve_bytes", {"image_bytes": np.array([], dtype=object)}, "empty batch"),
     "bytes matrix": ("serve_bytes", {"image_bytes": np.array([[b"a", b"b"]], dtype=object)},
                      "string [N]; got shape] [1 2]"),
@@ -196,3 +207,74 @@ def test_server_serves_on_after_bad_input(stub, tmp_path_factory):
 def test_bad_input_rest(server, body, fragment):
     status, answer = rest_predict(server, body)
     assert status in (400, 404) and fragment in answer["error"], answer
+
+
+# ----------------------------------------------------------------------------- the stand-in's own protocol handling
+
+
+def _malformed_protos():
+    content = tf.make_tensor_proto(np.zeros([1, 8, 8, 3], np.uint8))
+    content.tensor_content = content.tensor_content[:-5]  # 5 bytes short of the shape
+    strings = tf.make_tensor_proto(np.array([b"a", b"b", b"c"], dtype=object))
+    strings.tensor_shape.dim[0].size = 2  # 3 strings for 2 elements
+    negative = tf.make_tensor_proto(np.zeros([1, 8, 8, 3], np.uint8))
+    negative.tensor_shape.dim[1].size = -1
+    return {"short content": ("serving_default", "images", content),
+            "string count": ("serve_bytes", "image_bytes", strings),
+            "negative dim": ("serving_default", "images", negative)}
+
+
+@pytest.mark.parametrize("case", sorted(_malformed_protos()))
+def test_malformed_tensor_protos_are_invalid_argument(stub, case):
+    signature, name, proto = _malformed_protos()[case]
+    with pytest.raises(grpc.RpcError) as error:
+        grpc_predict(stub, signature, **{name: proto})
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (error.value.code(), error.value.details())
+    assert f"input '{name}': tensor parsing error" in error.value.details()
+
+
+def _raw_http(server, head, body=b""):
+    """(status, parsed JSON body) of a hand-written HTTP request."""
+    import http.client
+    import socket
+    with socket.create_connection(("127.0.0.1", server.rest_port), timeout=60) as sock:
+        sock.sendall(head.encode() + b"\r\n\r\n" + body)
+        reply = http.client.HTTPResponse(sock)
+        reply.begin()
+        return reply.status, json.loads(reply.read())
+
+
+@pytest.mark.parametrize("length", ["abc", "-5", "1e3"])
+def test_rest_bad_content_length_gets_an_error_reply(server, length):
+    status, answer = _raw_http(server, f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nHost: x\r\n"
+                                       f"Content-Length: {length}", b"{}")
+    assert status == 400 and "Content-Length" in answer["error"], answer
+
+
+def test_rest_deeply_nested_json_gets_an_error_reply(server):
+    body = b"[" * 100_000 + b"]" * 100_000
+    status, answer = _raw_http(server, f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nHost: x\r\n"
+                                       f"Content-Length: {len(body)}", body)
+    assert status == 400 and "nests too deeply" in answer["error"], answer
+
+
+def test_rest_serves_a_burst_of_concurrent_clients(server):
+    """64 clients connect at once (more than a default listen backlog of 5): none is reset."""
+    import socket
+    barrier = threading.Barrier(64)
+
+    def client(_):
+        barrier.wait(timeout=60)
+        with socket.create_connection(("127.0.0.1", server.rest_port), timeout=60) as sock:
+            sock.sendall(f"GET /v1/models/{MODEL} HTTP/1.0\r\n\r\n".encode())
+            return sock.makefile("rb").readline()
+
+    with futures.ThreadPoolExecutor(64) as pool:
+        first_lines = list(pool.map(client, range(64)))
+    assert all(line.startswith(b"HTTP/1.0 200") for line in first_lines), first_lines
+    # Linux mostly retries a connection the backlog drops instead of resetting it, so the burst
+    # alone may pass with a small backlog: read the listening socket's backlog itself (ss: Send-Q)
+    if shutil.which("ss"):
+        listing = subprocess.run(["ss", "-ltnH", f"sport = :{server.rest_port}"], capture_output=True, text=True)
+        backlogs = [int(line.split()[2]) for line in listing.stdout.splitlines() if line.startswith("LISTEN")]
+        assert backlogs and min(backlogs) >= 64, listing.stdout

@@ -101,6 +101,28 @@ def _tensor_proto(value):
     return tf.make_tensor_proto(value)
 
 
+def _proto_to_array(name, proto):
+    """The np.ndarray of a request's TensorProto; a malformed one (content that does not fill its
+    shape, an unknown dtype, ...) is INVALID_ARGUMENT naming the input, as TF Serving's tensor
+    parsing reports it."""
+    try:
+        dtype = tf.dtypes.as_dtype(proto.dtype)
+        shape = [d.size for d in proto.tensor_shape.dim]
+        if proto.tensor_shape.unknown_rank or any(d < 0 for d in shape):
+            raise ValueError(f"shape {shape} is not fully defined")
+        count = int(np.prod(shape, dtype=np.int64))
+        if dtype == tf.string:
+            if len(proto.string_val) not in (count, 1) or (count == 0 and proto.string_val):
+                raise ValueError(f"{len(proto.string_val)} strings for shape {shape}")
+        elif proto.tensor_content:
+            if len(proto.tensor_content) != count * dtype.size:
+                raise ValueError(f"{len(proto.tensor_content)} bytes of content for {dtype.name} {shape} "
+                                 f"({count * dtype.size} expected)")
+        return tf.make_ndarray(proto)
+    except (ValueError, TypeError, KeyError, IndexError) as e:
+        raise ServingError(3, f"input '{name}': tensor parsing error: {e}") from None
+
+
 class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, model):
         self.model = model
@@ -113,10 +135,12 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             if request.model_spec.HasField("version") and request.model_spec.version.value != model.version:
                 raise ServingError(5, f"Servable not found for request: Specific({request.model_spec.name}, "
                                       f"{request.model_spec.version.value})")
-            inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+            inputs = {k: _proto_to_array(k, v) for k, v in request.inputs.items()}
             outputs = model.predict(request.model_spec.signature_name, inputs, request.output_filter)
         except ServingError as e:
             context.abort(_GRPC_CODES.get(e.code, grpc.StatusCode.UNKNOWN), e.message)
+        except Exception as e:  # a bug of the stand-in: INTERNAL, as TF Serving reports its own
+            context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
         response = predict_pb2.PredictResponse()
         response.model_spec.name = model.name
         response.model_spec.version.value = model.version
@@ -149,8 +173,8 @@ def _json_to_array(value, dtype, name):
     else:
         try:
             array = np.array(value)
-        except ValueError:
-            raise ServingError(3, f"input '{name}': the JSON lists are not rectangular") from None
+        except ValueError as e:
+            raise ServingError(3, f"input '{name}': the JSON lists are not rectangular ({e})") from None
         if array.dtype == object:
             raise ServingError(3, f"input '{name}': the JSON lists are not rectangular")
         np_dtype = dtype.as_numpy_dtype
@@ -219,6 +243,8 @@ def _rest_handler(model):
     pattern = re.compile(r"^/v1/models/([^/:]+)(?:/versions/(\d+))?(:predict)?$")
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = 60  # a client that announces more bytes than it sends is dropped, not waited on forever
+
         def log_message(self, *args):  # quiet
             pass
 
@@ -248,16 +274,29 @@ def _rest_handler(model):
         def do_POST(self):
             try:
                 self._route(True)
-                length = int(self.headers.get("Content-Length") or 0)
+                length = self.headers.get("Content-Length") or "0"
+                if not length.isdigit():
+                    raise ServingError(3, f"Malformed request: Content-Length {length!r} is not a byte count")
                 try:
-                    body = json.loads(self.rfile.read(length) or b"null")
+                    body = json.loads(self.rfile.read(int(length)) or b"null")
                 except ValueError as e:
                     raise ServingError(3, f"JSON Parse error: {e}") from None
+                except RecursionError:
+                    raise ServingError(3, "JSON Parse error: the document nests too deeply") from None
                 self._reply(200, rest_predict(model, body))
             except ServingError as e:
                 self._reply(_HTTP_STATUS.get(e.code, 500), {"error": e.message})
+            except RecursionError:
+                self._reply(400, {"error": "the request nests too deeply"})
+            except Exception as e:  # a bug of the stand-in: an error reply, not a dropped connection
+                self._reply(500, {"error": f"{type(e).__name__}: {e}"})
 
     return Handler
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    request_queue_size = 128  # listen backlog: bursts of concurrent clients queue instead of being reset
+    daemon_threads = True
 
 
 class ModelServer:
@@ -274,7 +313,7 @@ class ModelServer:
                                           ("grpc.max_send_message_length", 64 << 20)])
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(_PredictionService(self.model), self._grpc)
         self.grpc_port = self._grpc.add_insecure_port(f"127.0.0.1:{grpc_port}")
-        self._http = ThreadingHTTPServer(("127.0.0.1", rest_port), _rest_handler(self.model))
+        self._http = _HTTPServer(("127.0.0.1", rest_port), _rest_handler(self.model))
         self.rest_port = self._http.server_address[1]
         self._http_thread = threading.Thread(target=self._http.serve_forever, daemon=True)
 
