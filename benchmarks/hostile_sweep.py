@@ -159,7 +159,7 @@ def _train_command(output, steps):
     return [sys.executable, "-m", "lhrcnn", "train", "--experiment", EXPERIMENT, "--output", output,
             "--steps", str(steps), "--checkpoint-every", "1", "--log-every", "1000",
             "--set", "train_batch_per_gpu=1", "--set", "image_short_size=128", "--set", "image_max_size=128",
-            "--set", "nr_image_per_epoch=100"]
+            "--set", "nr_image_per_epoch=100", "--set", "cache_decoded_images=False"]
 
 
 def _checkpoint_state(model_dump):
