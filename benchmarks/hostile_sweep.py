@@ -169,6 +169,14 @@ def _checkpoint_state(model_dump):
     return re.findall(r'all_model_checkpoint_paths: "([^"]+)"', open(path).read())
 
 
+def _newest_checkpoint(model_dump):
+    """The largest N of the ckpt-N.index files in model_dump (0: none)."""
+    if not os.path.isdir(model_dump):
+        return 0
+    numbers = [re.match(r"ckpt-(\d+)\.index$", n) for n in os.listdir(model_dump)]
+    return max((int(m.group(1)) for m in numbers if m), default=0)
+
+
 def sweep_kills(kills, steps=40, seed=0):
     rng = random.Random(seed)
     out = {"kills": 0, "restarts_resumed": 0, "restarts_from_scratch": 0, "stale_temporaries_seen": 0,
@@ -180,13 +188,18 @@ def sweep_kills(kills, steps=40, seed=0):
             proc = subprocess.Popen(_train_command(output, steps), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     text=True, env=ENV, cwd=ROOT, start_new_session=True)
             line = ""
-            while k < kills:  # wait for the first step, then kill at a random moment
+            while k < kills:  # wait for training to start ...
                 line = proc.stdout.readline()
                 if not line or line.startswith("training "):
                     break
             resumed = re.search(r"steps (\d+) ->", line)
             if k < kills:
-                time.sleep(rng.uniform(1.0, 8.0))
+                # ... and for its first checkpoint (one per step from then on), then kill at a random moment
+                before = _newest_checkpoint(model_dump)
+                deadline = time.time() + 600
+                while time.time() < deadline and proc.poll() is None and _newest_checkpoint(model_dump) <= before:
+                    time.sleep(0.05)
+                time.sleep(rng.uniform(0.0, 3.0))
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
                 out["kills"] += 1
@@ -243,6 +256,20 @@ def sweep_disks():
                 "returncode": proc.returncode, "error_lines": errors[:2], "traceback": "Traceback" in proc.stderr,
                 "training_started": "training " in proc.stdout, "seconds": round(time.time() - t, 1),
                 "left_on_disk": sorted(os.listdir(full))}
+        subprocess.run(["umount", full], check=True)
+        if not _mount_tmpfs(full, "40m"):  # one checkpoint fits, the second does not
+            return {**out, "skipped_fill": "mount -t tmpfs failed"}
+        for attempt in (1, 2):
+            t = time.time()
+            proc = subprocess.run(_train_command(full, 5), capture_output=True, text=True, env=ENV, cwd=ROOT,
+                                  timeout=900)
+            out[f"train onto a 40 MB disk that fills up, try {attempt}"] = {
+                "returncode": proc.returncode, "error_lines": [l for l in proc.stderr.splitlines()
+                                                               if l.startswith("error:")][:2],
+                "traceback": "Traceback" in proc.stderr, "training_started": "training " in proc.stdout,
+                "seconds": round(time.time() - t, 1),
+                "left_on_disk": sorted(os.listdir(os.path.join(full, "model_dump")))
+                if os.path.isdir(os.path.join(full, "model_dump")) else []}
         subprocess.run(["mount", "-o", "remount,ro", full], check=True)
         proc = subprocess.run(_train_command(os.path.join(full, "run"), 5), capture_output=True, text=True,
                               env=ENV, cwd=ROOT, timeout=900)
