@@ -23,8 +23,11 @@ class StorageError(UserError, OSError):
 
 def storage_error(action, path, error, advice):
     """A StorageError for an OSError or TensorFlow I/O error `error` while `action` on `path`."""
+    import re
     reason = getattr(error, "strerror", None) or getattr(error, "message", None) or str(error)
     reason = str(reason).strip().splitlines()[0] if str(reason).strip() else type(error).__name__
+    # TensorFlow's decorations of an op's error: {{function_node ...}} before it, [Op:SaveV2] after
+    reason = re.sub(r"\s*\[Op:\w+\]", "", re.sub(r"\{\{[^}]*\}\}\s*", "", reason)).strip()
     return StorageError(f"cannot {action} {path}: {reason}; {advice}")
 
 

@@ -116,12 +116,15 @@ def test_a_failed_save_is_one_error_and_leaves_no_temporary(tmp_path, monkeypatc
 
     def full(**kwargs):
         os.makedirs(tmp_path / "ckpt-2_temp", exist_ok=True)
-        raise tf.errors.ResourceExhaustedError(None, None, "ckpt-2_temp/part-00000; No space left on device")
+        raise tf.errors.ResourceExhaustedError(None, None, "{{function_node __wrapped__SaveV2_dtypes_9_device_/job:"
+                                                           "localhost/replica:0/task:0/device:CPU:0}} ckpt-2_temp/"
+                                                           "part-00000; No space left on device [Op:SaveV2]")
     monkeypatch.setattr(run.writer, "save", lambda checkpoint_number: full())
     with pytest.raises(StorageError) as error:
         run.save(2)
     message = str(error.value)
-    assert message.startswith(f"cannot write checkpoint 2 to {tmp_path}: ") and "No space left" in message
+    assert message.startswith(f"cannot write checkpoint 2 to {tmp_path}: ckpt-2_temp/part-00000; No space left on "
+                              "device; free some space")
     assert "free some space and run again; training resumes from" in message and message.endswith("ckpt-1")
     assert "\n" not in message and "ckpt-2_temp" not in os.listdir(tmp_path)
 
