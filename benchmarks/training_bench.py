@@ -95,26 +95,26 @@ def _training_macs(shape):
 
 
 def _top_ops(profile_dir, top=10):
-    """[(op type, self-time share)] of the profile's host ops, largest first."""
+    """[(op type, share of the host ops' self time)] of the profile, largest first (the profiler's
+    framework_op_stats table, a DataTable: columns by id, rows of cells)."""
     import glob
 
     from tensorflow.python.profiler.internal import _pywrap_profiler_plugin as plugin
     paths = glob.glob(os.path.join(profile_dir, "**", "*.xplane.pb"), recursive=True)
     if not paths:
         return []
-    data, ok = plugin.xspace_to_tools_data(paths, "framework_op_stats", {"tqx": "out:csv;"})
+    data, ok = plugin.xspace_to_tools_data(paths, "framework_op_stats", {})
     if not ok:
         return []
-    import csv
-    import io
-    rows = list(csv.DictReader(io.StringIO(data.decode() if isinstance(data, bytes) else data)))
-    by_type = {}
-    total = 0.0
-    for row in rows:
-        if row.get("Host/device", "Host") != "Host":
+    table = json.loads(data)[0]
+    columns = [c["id"] for c in table["cols"]]
+    by_type, total = {}, 0.0
+    for row in table["rows"]:
+        cells = dict(zip(columns, (c.get("v") if c else None for c in row["c"])))
+        if cells.get("host_or_device") not in (None, "Host") or cells.get("type") == "IDLE":
             continue
-        self_time = float(row.get("Total self-time (us)", 0) or 0)
-        by_type[row["Type"]] = by_type.get(row["Type"], 0.0) + self_time
+        self_time = float(cells.get("total_self_time") or 0.0)
+        by_type[cells["type"]] = by_type.get(cells["type"], 0.0) + self_time
         total += self_time
     ranked = sorted(by_type.items(), key=lambda kv: -kv[1])[:top]
     return [(name, t / total) for name, t in ranked]
