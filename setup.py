@@ -183,18 +183,25 @@ def _compile_and_link(library, info, verbose):
         nvflags = ["-std=c++17", "-O3", "-fmad=false", "-Xcompiler", "-fPIC", f"-I{KERNELS}", "-x", "cu"] + gencode
         for src in CUDA_SOURCES:
             jobs.append((src, src.replace(".cu.cc", ".cu.o"), [nvcc] + nvflags + ["-c", os.path.join(KERNELS, src)]))
-        link_flags = link_flags + [f"-L{cuda_library_dir(nvcc)}", "-lcudart_static", "-ldl", "-lrt",
-                                   "-lpthread"]
+        # The static CUDA runtime of this nvcc, linked before TensorFlow's framework library (which
+        # exports the runtime API of the CUDA TensorFlow was built with: listed first, it would
+        # resolve every cuda* symbol and the static runtime would never be used), its symbols kept
+        # local (--exclude-libs) so that neither library's runtime interposes on the other's.
+        link_flags = [f"-L{cuda_library_dir(nvcc)}", "-l:libcudart_static.a", "-Wl,--exclude-libs,libcudart_static.a",
+                      "-ldl", "-lrt", "-lpthread"] + link_flags
         info.update(cuda=True, nvcc=nvcc, cuda_version="%d.%d" % version,
-                    archs=[f"sm_{a}" for a in archs] + [f"compute_{max(archs)}"])
+                    archs=[f"sm_{a}" for a in archs] + [f"compute_{max(archs)}"],
+                    cuda_runtime=f"static libcudart {version[0]}.{version[1]} linked in; needs an NVIDIA driver "
+                                 f"for CUDA {version[0]}.{version[1]} or newer")
     for src in CPU_SOURCES:
         jobs.append((src, src.replace(".cc", ".o"), [cxx] + cxxflags + ["-c", os.path.join(KERNELS, src)]))
 
     # One cache folder per set of flags: switching TensorFlow, compiler or CUDA back and forth
     # reuses each set's objects, and a failed build never mixes objects of two sets.
+    object_key = hashlib.sha256(json.dumps([j[2] for j in jobs]).encode()).hexdigest()[:16]
     key = hashlib.sha256(json.dumps([j[2] for j in jobs] + link_flags).encode()).hexdigest()[:16]
-    info["cache_key"] = key
-    cache = os.path.join(CACHE_DIR, key)
+    info["cache_key"] = key  # the objects and the link: a change of either relinks
+    cache = os.path.join(CACHE_DIR, object_key)
     os.makedirs(_abs(cache), exist_ok=True)
     newest_header = max(os.path.getmtime(h) for h in glob.glob(os.path.join(_abs(KERNELS), "*.h")))
 
@@ -221,6 +228,8 @@ def _compile_and_link(library, info, verbose):
         tmp = library + ".tmp"
         try:
             _run([cxx, "-shared", "-o", tmp] + objects + link_flags)
+            if nvcc:
+                check_cuda_runtime_linked(tmp)
             os.replace(tmp, library)
         finally:
             if os.path.exists(tmp):
@@ -229,6 +238,28 @@ def _compile_and_link(library, info, verbose):
     elif verbose:
         _log("up to date")
     info.update(built=True, error=None)
+
+
+def undefined_cuda_symbols(library):
+    """The CUDA runtime symbols (cuda*, __cuda*) `library` leaves undefined, i.e. takes from
+    whichever library of the process exports them; None when `nm` is not available."""
+    nm = shutil.which("nm")
+    if not nm:
+        return None
+    out = subprocess.run([nm, "-D", "--undefined-only", library], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise BuildError(f"`nm -D {library}` failed: {out.stderr.strip()[:200]}")
+    names = [line.split()[-1] for line in out.stdout.splitlines() if line.strip()]
+    return sorted(n for n in names if re.match(r"^(__)?cuda", n))
+
+
+def check_cuda_runtime_linked(library):
+    """BuildError when the CUDA kernels of `library` would be registered and launched through
+    another library's CUDA runtime (an undefined cuda* symbol)."""
+    missing = undefined_cuda_symbols(library)
+    if missing:
+        raise BuildError(f"the op library takes {len(missing)} CUDA runtime symbols from elsewhere (e.g. "
+                         f"{', '.join(missing[:3])}) instead of its static runtime: the link order is wrong")
 
 
 def _read_record(path):

@@ -158,17 +158,10 @@ def run(variants=tuple(VARIANTS), steps=20, batches=16, rounds=2, profile=True):
                   "unknown_mac_ops": len(unknown)}
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--no-profile", action="store_true")
-    parser.add_argument("--json", default=os.path.join("output", "training_bench.json"))
-    args = parser.parse_args()
-    rows, extra = run(args.variants.split(","), steps=args.steps, rounds=args.rounds, profile=not args.no_profile)
-    print(f"GEMM {extra['gemm_gflops']:.0f} GFLOP/s; training step {extra['training_gmacs_per_step']:.2f} GMACs on "
-          f"{extra['batch_shape']}")
+def print_report(rows, extra):
+    """The table of run()'s rows, each variant's top ops under it."""
+    print(f"\n== training (the main job's step; GEMM {extra['gemm_gflops']:.0f} GFLOP/s; "
+          f"{extra['training_gmacs_per_step']:.2f} GMACs per step on a batch {extra['batch_shape']}) ==")
     print(f"{'variant':<24} {'s/step':>8} {'img/s':>7} {'floor s':>8} {'x floor':>8}")
     for row in rows:
         if "error" in row:
@@ -178,6 +171,18 @@ def main():
               f"{row['floor_seconds']:8.4f} {row['x_floor']:8.1f}")
         for op, share in row["top_ops"]:
             print(f"    {share * 100:5.1f}%  {op}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--json", default=os.path.join("output", "training_bench.json"))
+    args = parser.parse_args()
+    rows, extra = run(args.variants.split(","), steps=args.steps, rounds=args.rounds, profile=not args.no_profile)
+    print_report(rows, extra)
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json + ".tmp", "w") as f:
         json.dump({"rows": rows, **extra}, f, indent=1)

@@ -641,7 +641,7 @@ def run_flops(args):
 
 # ----------------------------------------------------------------------------- benchmark
 
-SECTIONS = ("ops", "models", "throughput", "export", "distribute", "family", "edge")
+SECTIONS = ("ops", "models", "throughput", "training", "export", "distribute", "family", "edge")
 
 
 def _benchmarks_package():
@@ -710,6 +710,10 @@ def run_benchmark(args):
             ratio = extra["pipeline_vs_training"]
             print(f"input pipeline / training consumption: {ratio:.1f}x (target >= 3x: "
                   f"{'met' if ratio >= 3 else 'NOT met'})")
+        elif section == "training":
+            from benchmarks import training_bench
+            rows, extra = training_bench.run(steps=max(10, args.train_steps))
+            training_bench.print_report(rows, extra)
         elif section == "export":
             from benchmarks import export_bench
             rows, extra = export_bench.run(repeats=max(3, repeats // 2))
@@ -811,7 +815,8 @@ def _ops_build_info(ops):
             "tensorflow_runtime": tf.__version__,
             "version_match": record_.get("tensorflow") == tf.__version__ if record_.get("tensorflow") else None,
             "cuda": bool(record_.get("cuda")), "cuda_version": record_.get("cuda_version"),
-            "cuda_archs": list(record_.get("archs") or []), "tensorflow_runtime_cuda": tf.test.is_built_with_cuda(),
+            "cuda_archs": list(record_.get("archs") or []), "cuda_runtime": record_.get("cuda_runtime"),
+            "tensorflow_runtime_cuda": tf.test.is_built_with_cuda(),
             "backend": os.environ.get("LHRCNN_OPS", "").strip() or ("custom" if loaded else "tf")}
 
 
@@ -850,6 +855,8 @@ def run_info(args):
         match = ("" if info.get("version_match") is not False
                  else f" (running {info.get('tensorflow_runtime')}: rebuild the ops)")
         lines.append(f"ops build   {cuda}; built against TensorFlow {info.get('tensorflow_built')}{match}")
+        if info.get("cuda") and info.get("cuda_runtime"):
+            lines.append(f"cuda runtime {info['cuda_runtime']}")
     lines.append(f"ops backend {info.get('backend')} (what the ops use by default; LHRCNN_OPS=tf|custom sets it)")
     experiments = find_experiments(args.experiments)
     lines.append(f"experiments {len(experiments)} in {os.path.abspath(args.experiments)}"

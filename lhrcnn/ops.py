@@ -127,7 +127,8 @@ def build_info():
     built (bool from the build record; None without one), build_error (the recorded reason a
     build failed), tensorflow_built (the version the library was built against),
     tensorflow_runtime (tf.__version__), version_match (bool; None when unknown), cuda (CUDA
-    kernels compiled in), cuda_version, cuda_archs (list), tensorflow_runtime_cuda (the running
+    kernels compiled in), cuda_version, cuda_archs (list), cuda_runtime (the CUDA runtime the
+    kernels use, from the build record), tensorflow_runtime_cuda (the running
     TensorFlow has CUDA support) and backend (what the ops use when called with backend=None:
     "custom" or "tf", or an error message when LHRCNN_OPS is invalid).
     """
@@ -152,6 +153,7 @@ def build_info():
         "cuda": bool((record or {}).get("cuda")),
         "cuda_version": (record or {}).get("cuda_version"),
         "cuda_archs": list((record or {}).get("archs") or []),
+        "cuda_runtime": (record or {}).get("cuda_runtime"),
         "tensorflow_runtime_cuda": tf.test.is_built_with_cuda(),
         "backend": backend,
     }

@@ -317,6 +317,7 @@ def test_info(tmp_path):
         assert f"custom ops  not loaded: {ops.custom_ops_load_error()}" in out
     if built.get("cuda"):
         assert f"archs {', '.join(built['archs'])};" in out
+        assert f"cuda runtime {built['cuda_runtime']}" in lines
 
 
 def test_info_lists_the_repository_experiments():
