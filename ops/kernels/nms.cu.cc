@@ -83,11 +83,13 @@ __global__ void PrepareKeysKernel(const float* scores, int batch, int n, float t
   }
 }
 
-// grid (col_blocks, col_blocks, batch), kTile threads: tile (row block, col block).
+// grid (col_blocks, col_blocks, images of this launch), kTile threads: tile (row block, col
+// block) of image first_image + blockIdx.z (gridDim.z is at most 65535: larger batches take
+// several launches).
 __global__ void MaskKernel(const float* boxes, const int32_t* class_ids, const int32_t* sorted_idx,
-                           int n, int col_blocks, float threshold, float offset,
+                           int n, int col_blocks, float threshold, float offset, int first_image,
                            unsigned long long* mask) {
-  const int row_block = blockIdx.y, col_block = blockIdx.x, b = blockIdx.z;
+  const int row_block = blockIdx.y, col_block = blockIdx.x, b = first_image + blockIdx.z;
   if (col_block < row_block) return;
   __shared__ NmsBox col_boxes[kTile];
   __shared__ int32_t col_class[kTile];
@@ -233,9 +235,14 @@ int NmsGpu(const NmsParams& p, const float* boxes, const float* scores, const in
       static_cast<int>(items), batch, w.offsets, w.offsets + 1, 0, 32, s);
   if (e != cudaSuccess) return e;
   const int col_blocks = (n + kTile - 1) / kTile;
-  dim3 grid(col_blocks, col_blocks, batch);
-  MaskKernel<<<grid, kTile, 0, s>>>(boxes, class_ids, w.vals_out, n, col_blocks, p.iou_threshold,
-                                    p.box_offset, w.mask);
+  constexpr int kMaxGridZ = 65535;
+  for (int first = 0; first < batch; first += kMaxGridZ) {
+    dim3 grid(col_blocks, col_blocks, batch - first < kMaxGridZ ? batch - first : kMaxGridZ);
+    MaskKernel<<<grid, kTile, 0, s>>>(boxes, class_ids, w.vals_out, n, col_blocks, p.iou_threshold,
+                                      p.box_offset, first, w.mask);
+    e = cudaGetLastError();
+    if (e != cudaSuccess) return e;
+  }
   GreedyKernel<<<batch, kThreads, 0, s>>>(w.keys_out, w.vals_out, w.mask, w.removed, n, col_blocks,
                                           p.max_output, out_indices, out_num_valid);
   return cudaGetLastError();

@@ -87,6 +87,7 @@ class PsRoiPoolGradOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ctx->allocate_output(0, features.shape(), &grad_features));
     if constexpr (kGpu) {
 #if LHRCNN_WITH_CUDA
+      OP_REQUIRES_OK(ctx, tfglue::RequireNondeterminismAllowed(op));
       OP_REQUIRES_OK(ctx, tfglue::CheckRoisGpu(ctx, op, rois, fs.batch));
       const int e = PsRoiPoolBackwardGpu(p_, fs, rois.flat<float>().data(), num_rois,
                                          grad.flat<float>().data(),

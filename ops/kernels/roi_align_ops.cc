@@ -147,7 +147,9 @@ class AlignGradOp : public OpKernel {
     const int32_t* argmax_data = p_.max_pool ? argmax.flat<int32_t>().data() : nullptr;
     if constexpr (kGpu) {
 #if LHRCNN_WITH_CUDA
+      OP_REQUIRES_OK(ctx, tfglue::RequireNondeterminismAllowed(op));
       OP_REQUIRES_OK(ctx, tfglue::CheckRoisGpu(ctx, op, rois, fs.batch));
+      if (p_.max_pool) OP_REQUIRES_OK(ctx, tfglue::CheckArgmaxGpu(ctx, op, argmax, p_.samples()));
       const int e = RoiAlignBackwardGpu(p_, fs, rois.flat<float>().data(), num_rois,
                                         grad.flat<float>().data(), argmax_data,
                                         grad_features->flat<float>().data(), tfglue::GpuStream(ctx));

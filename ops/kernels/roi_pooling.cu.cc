@@ -30,6 +30,13 @@ __global__ void ValidateRoisKernel(const float* rois, int num_rois, int batch, i
   }
 }
 
+__global__ void ValidateArgmaxKernel(const int32_t* argmax, int64_t n, int samples,
+                                     unsigned long long* first_bad) {
+  LHRCNN_GRID_LOOP(i, n) {
+    if (argmax[i] < 0 || argmax[i] >= samples) atomicMin(first_bad, static_cast<unsigned long long>(i));
+  }
+}
+
 // Value of one bilinear sample of channel c.
 __device__ __forceinline__ float Sample(const float* image, int width, int channels, int c,
                                         const AxisTap& ty, const AxisTap& tx) {
@@ -224,13 +231,37 @@ int ValidateRoisGpu(const float* rois, int num_rois, int batch, int* scratch, in
   e = cudaStreamSynchronize(s);
   if (e != cudaSuccess) return e;
   if (first != sentinel) {
-    e = cudaMemcpy(bad_row, rois + 5 * static_cast<int64_t>(first), 5 * sizeof(float),
-                   cudaMemcpyDeviceToHost);
+    e = cudaMemcpyAsync(bad_row, rois + 5 * static_cast<int64_t>(first), 5 * sizeof(float),
+                        cudaMemcpyDeviceToHost, s);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(s);
     if (e != cudaSuccess) return e;
     *bad_index = first;
     *bad_code = CheckRoi(bad_row, batch);
   }
   return cudaGetLastError();
+}
+
+int ValidateArgmaxGpu(const int32_t* argmax, int64_t n, int samples, unsigned long long* scratch,
+                      int64_t* bad_index, int32_t* bad_value, void* stream) {
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  *bad_index = -1;
+  if (n == 0) return 0;
+  cudaError_t e = cudaMemsetAsync(scratch, 0xff, sizeof(unsigned long long), s);
+  if (e != cudaSuccess) return e;
+  ValidateArgmaxKernel<<<Blocks(n), kThreads, 0, s>>>(argmax, n, samples, scratch);
+  e = cudaGetLastError();
+  if (e != cudaSuccess) return e;
+  unsigned long long first = ~0ull;
+  e = cudaMemcpyAsync(&first, scratch, sizeof(first), cudaMemcpyDeviceToHost, s);
+  if (e == cudaSuccess) e = cudaStreamSynchronize(s);
+  if (e != cudaSuccess) return e;
+  if (first != ~0ull) {
+    e = cudaMemcpyAsync(bad_value, argmax + first, sizeof(int32_t), cudaMemcpyDeviceToHost, s);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(s);
+    if (e != cudaSuccess) return e;
+    *bad_index = static_cast<int64_t>(first);
+  }
+  return 0;
 }
 
 int RoiAlignForwardGpu(const AlignParams& p, const FeatureShape& fs, const float* features,

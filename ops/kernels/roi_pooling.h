@@ -73,6 +73,11 @@ int FirstInvalidRoiCpu(const float* rois, int num_rois, int batch, int* code);
 // `scratch` is device memory for 1 int; `bad_row` (host, 5 floats) receives the bad RoI.
 int ValidateRoisGpu(const float* rois, int num_rois, int batch, int* scratch, int* bad_index,
                     int* bad_code, float* bad_row, void* stream);
+// ValidateArgmaxGpu synchronizes the stream and reports the first argmax value outside
+// [0, samples) (bad_index -1 when there is none) and the value; `scratch` is device memory for
+// one unsigned long long.
+int ValidateArgmaxGpu(const int32_t* argmax, int64_t n, int samples, unsigned long long* scratch,
+                      int64_t* bad_index, int32_t* bad_value, void* stream);
 int RoiAlignForwardGpu(const AlignParams& p, const FeatureShape& fs, const float* features,
                        const float* rois, int num_rois, float* out, int32_t* argmax,
                        void* stream);

@@ -12,6 +12,7 @@
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/util/determinism.h"
 #include "tensorflow/core/util/work_sharder.h"
 #if LHRCNN_WITH_CUDA
 #include "xla/stream_executor/stream.h"
@@ -122,6 +123,31 @@ inline Status CheckRoisGpu(OpKernelContext* ctx, const char* op, const Tensor& r
   if (e != 0) return errors::Internal(op, ": CUDA error while validating rois: ", CudaErrorString(e));
   if (bad < 0) return ::tensorflow::OkStatus();
   return RoiError(op, bad, code, row, batch);
+}
+
+// Validates the argmax input of a gradient op on the device, as the CPU kernels do on the host;
+// synchronizes the stream.
+inline Status CheckArgmaxGpu(OpKernelContext* ctx, const char* op, const Tensor& argmax, int samples) {
+  Tensor scratch;
+  TF_RETURN_IF_ERROR(ctx->allocate_temp(::tensorflow::DT_INT64, TensorShape({1}), &scratch));
+  int64_t bad = -1;
+  int32_t value = 0;
+  const int e = ValidateArgmaxGpu(argmax.flat<int32_t>().data(), argmax.NumElements(), samples,
+                                  reinterpret_cast<unsigned long long*>(scratch.flat<int64_t>().data()),
+                                  &bad, &value, GpuStream(ctx));
+  if (e != 0) return errors::Internal(op, ": CUDA error while validating argmax: ", CudaErrorString(e));
+  if (bad < 0) return ::tensorflow::OkStatus();
+  return errors::InvalidArgument(op, ": argmax[", bad, "] = ", value, " is not a sample index in [0, ",
+                                 samples, ")");
+}
+
+// The GPU gradients add with atomicAdd, in an order that varies from run to run: under
+// tf.config.experimental.enable_op_determinism() they refuse to run rather than break it.
+inline Status RequireNondeterminismAllowed(const char* op) {
+  if (!::tsl::OpDeterminismRequired()) return ::tensorflow::OkStatus();
+  return errors::Unimplemented(op, ": the GPU gradient adds with atomicAdd, whose order varies between runs, "
+                               "and op determinism is enabled (tf.config.experimental.enable_op_determinism()); "
+                               "compute this gradient on the CPU, or use the pure-TF twins (ops_backend='tf')");
 }
 #endif
 
