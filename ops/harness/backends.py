@@ -56,6 +56,7 @@ GPU_SIGNATURES = {
     "hgpu_memset": (_I, [_P, _I, _SZ]),
     "hgpu_synchronize": (_I, []),
     "hgpu_validate_rois": (_I, [_P, _I, _I, _P, _P, _P, _P]),
+    "hgpu_validate_argmax": (_I, [_P, _I64, _I, _P, _P, _P]),
     "hgpu_roi_align_forward": (_I, _ALIGN_ARGS + [_P, _P, _I, _P, _P]),
     "hgpu_roi_align_backward": (_I, _ALIGN_ARGS + [_P, _I, _P, _P, _P]),
     "hgpu_ps_roi_pool_forward": (_I, [_I, _F, _I, _I, _I, _I, _P, _P, _I, _P]),
@@ -327,6 +328,15 @@ class GpuBackend:
         self.check(self.lib.hgpu_validate_rois(r.ptr, len(rois), batch, scratch.ptr, ctypes.byref(index),
                                                ctypes.byref(code), ptr(row)), "ValidateRoisGpu")
         return index.value, code.value, (row if index.value >= 0 else None)
+
+    def validate_argmax(self, argmax, samples):
+        """(first index of a value outside [0, samples) or -1, that value) by ValidateArgmaxGpu."""
+        a = self.put(np.ascontiguousarray(argmax, np.int32))
+        scratch = self.alloc(8)
+        index, value = ctypes.c_int64(-7), ctypes.c_int32(-7)
+        self.check(self.lib.hgpu_validate_argmax(a.ptr, argmax.size, samples, scratch.ptr, ctypes.byref(index),
+                                                 ctypes.byref(value)), "ValidateArgmaxGpu")
+        return index.value, (value.value if index.value >= 0 else None)
 
     def validate_nms(self, boxes, scores):
         b, s = self.put(boxes), self.put(scores)

@@ -237,6 +237,12 @@ HARNESS_API int hgpu_validate_rois(const float* rois, int num_rois, int batch, i
                                  nullptr);
 }
 
+HARNESS_API int hgpu_validate_argmax(const int32_t* argmax, int64_t n, int samples, void* scratch,
+                                     int64_t* bad_index, int32_t* bad_value) {
+  return lhrcnn::ValidateArgmaxGpu(argmax, n, samples, static_cast<unsigned long long*>(scratch), bad_index,
+                                   bad_value, nullptr);
+}
+
 HARNESS_API int hgpu_roi_align_forward(int pooled_h, int pooled_w, int sample_h, int sample_w,
                                        float spatial_scale, int position_sensitive, int max_pool,
                                        int aligned, int batch, int height, int width,

@@ -440,6 +440,56 @@ class Harness:
 
         self.run("validate rois", all_cases)
 
+    def argmax_validation_cases(self):
+        """The gradient ops' argmax check on the device (the CPU glue checks on the host)."""
+        if not self.gpu:
+            return
+        rng = self.rng("validate-argmax")
+        gpu = next(be for be in self.backends if be.name == "gpu")
+
+        def all_cases():
+            good = rng.integers(0, 4, 70000).astype(np.int32)
+            for label, edits, want in [
+                    ("all valid", {}, (-1, None)),
+                    ("-1 at 65001, 4 later", {65001: -1, 69000: 4}, (65001, -1)),
+                    ("4 (== samples) at 3", {3: 4, 10: -2}, (3, 4)),
+                    ("INT32_MIN at 69999", {69999: -2 ** 31}, (69999, -2 ** 31))]:
+                a = good.copy()
+                for at, v in edits.items():
+                    a[at] = v
+                got = gpu.validate_argmax(a, 4)
+                self.results.check(f"validate argmax {label} [gpu]", got == want, f"got {got}, want {want}")
+            got = gpu.validate_argmax(np.zeros(0, np.int32), 4)
+            self.results.check("validate argmax n=0 [gpu]", got == (-1, None), f"got {got}")
+
+        self.run("validate argmax", all_cases)
+
+    def determinism_cases(self):
+        """GPU forward passes give the same bits run after run; the atomicAdd backward may not
+        (reported, not failed: the op refuses to run under enable_op_determinism)."""
+        if not self.gpu:
+            return
+        gpu = next(be for be in self.backends if be.name == "gpu")
+        rng = self.rng("determinism")
+        spec = AlignSpec(7, 7, 2, 2, 1.0 / 16, True, True, False)
+        shape = (2, 25, 31, 49 * 10)
+        features = make_features(rng, shape)
+        rois = make_rois(rng, 2, 25, 31, 1.0 / 16, 600)
+        grad = rng.standard_normal(spec.out_shape(shape, len(rois))).astype(np.float32)
+
+        def all_cases():
+            outs = [gpu.roi_align_forward(spec, features, rois) for _ in range(3)]
+            same = all(np.array_equal(o[0], outs[0][0]) and np.array_equal(o[1], outs[0][1]) for o in outs)
+            self.results.check("determinism psalign forward x3 [gpu]", same, "bitwise equal" if same else "differs")
+            argmax = np.ascontiguousarray(outs[0][1])
+            grads = [gpu.roi_align_backward(spec, shape, rois, grad, argmax) for _ in range(3)]
+            same = all(np.array_equal(g, grads[0]) for g in grads)
+            spread = max(float(np.abs(g - grads[0]).max()) for g in grads)
+            self.results.check("determinism psalign backward x3 [gpu] (atomicAdd; informational)", True,
+                               f"bitwise equal: {same}; largest difference {spread:.3g}")
+
+        self.run("determinism", all_cases)
+
     def nms_validation_cases(self):
         rng = self.rng("validate-nms")
 
@@ -571,6 +621,9 @@ class Harness:
         # (12000 -> 2000) is checked GPU against CPU in bench_correctness.
         b = make_boxes(rng, 1500, "clustered", size=1000)
         case("N=1500 offset 1", NmsSpec(300, 0.7, box_offset=1.0), one(b), one(rng.random(1500)))
+        # More images than a grid's z dimension holds (65535): the mask kernel runs in several launches.
+        bb = make_boxes(rng, 3 * 70000, "uniform", size=30).reshape(70000, 3, 4)
+        case("B=70000 (> gridDim.z)", NmsSpec(3, 0.3), bb, rng.random((70000, 3)).astype(np.float32))
 
     # ---- benchmark shapes ---------------------------------------------------------------------
     def bench_inputs(self):
@@ -683,7 +736,7 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=50, help="repetitions per timing (default 50)")
     ap.add_argument("--no-bench", action="store_true", help="skip the GPU timings")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--only", default="", help="comma-separated groups: align,pool,validate,nms,bench-check")
+    ap.add_argument("--only", default="", help="comma-separated groups: align,pool,validate,nms,determinism,bench-check")
     args = ap.parse_args(argv)
 
     results = Results()
@@ -709,11 +762,15 @@ def main(argv=None):
           flush=True)
 
     harness = Harness(lib, ref, backends, results, args.seed)
-    groups = [g for g in args.only.split(",") if g] or ["validate", "align", "pool", "nms", "bench-check"]
+    groups = [g for g in args.only.split(",") if g] or ["validate", "align", "pool", "nms", "determinism",
+                                                        "bench-check"]
     t0 = time.perf_counter()
     if "validate" in groups:
         harness.roi_validation_cases()
+        harness.argmax_validation_cases()
         harness.nms_validation_cases()
+    if "determinism" in groups:
+        harness.determinism_cases()
     if "align" in groups:
         harness.align_cases()
     if "pool" in groups:
