@@ -621,6 +621,12 @@ class Harness:
         # (12000 -> 2000) is checked GPU against CPU in bench_correctness.
         b = make_boxes(rng, 1500, "clustered", size=1000)
         case("N=1500 offset 1", NmsSpec(300, 0.7, box_offset=1.0), one(b), one(rng.random(1500)))
+        # Subnormal scores tie with 0 (TensorFlow's CPU threads flush denormals; the kernels flush
+        # them explicitly, so the harness's CPU calls, made without flushing, and the GPU agree).
+        b = np.array([[20 * k, 0, 20 * k + 10, 10] for k in range(6)], np.float32)
+        s = np.array([0.0, 1e-45, -1e-45, 1e-38, 0.5, -0.0], np.float32)
+        case("subnormal scores tie with 0", NmsSpec(6, 0.5), one(b), one(s))
+        case("subnormal scores, threshold -1e-45", NmsSpec(6, 0.5, score_threshold=-1e-45), one(b), one(s))
         # More images than a grid's z dimension holds (65535): the mask kernel runs in several launches.
         bb = make_boxes(rng, 3 * 70000, "uniform", size=30).reshape(70000, 3, 4)
         case("B=70000 (> gridDim.z)", NmsSpec(3, 0.3), bb, rng.random((70000, 3)).astype(np.float32))

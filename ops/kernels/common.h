@@ -21,6 +21,11 @@ const char* CudaErrorString(int code);
 // True for finite v (portable across host and device compilers; no -ffast-math here).
 LHRCNN_HD bool IsFinite(float v) { return v - v == 0.f; }
 
+// A score as NMS orders it: subnormals (and -0) as +0, whether or not the CPU flushes denormals
+// (TensorFlow's CPU threads do; the GPU's radix sort on the bits would not), so CPU and GPU NMS
+// order 1e-45 and 0 alike.
+LHRCNN_HD float NmsScore(float v) { return fabsf(v) < 1.17549435e-38f ? 0.f : v; }
+
 // The largest attribute values the ops accept (the same in lhrcnn/ops.py, the shape functions and
 // the CPU and GPU kernels): every count and buffer size they imply fits in int32, and the work of
 // one call stays proportional to its output (at most kMaxSamplingRatio^2 samples per output

@@ -73,8 +73,8 @@ __global__ void PrepareKeysKernel(const float* scores, int batch, int n, float t
   const int64_t items = static_cast<int64_t>(batch) * n;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < items;
        i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
-    const float s = scores[i];
-    keys[i] = s > threshold ? s + 0.f : -__int_as_float(0x7f800000);  // +0.f: -0 sorts as +0
+    const float s = NmsScore(scores[i]);  // subnormals and -0 as +0, as the CPU kernel orders them
+    keys[i] = s > NmsScore(threshold) ? s : -__int_as_float(0x7f800000);
     vals[i] = static_cast<int32_t>(i % n);
   }
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i <= batch;

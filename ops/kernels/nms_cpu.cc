@@ -78,8 +78,9 @@ int NmsCpu(const NmsParams& p, const float* boxes, const float* scores, const in
   if (p.max_output <= 0 || n <= 0) return 0;
   std::vector<int32_t> order;
   order.reserve(n);
+  const float threshold = NmsScore(p.score_threshold);
   for (int i = 0; i < n; ++i)
-    if (scores[i] > p.score_threshold) order.push_back(i);
+    if (NmsScore(scores[i]) > threshold) order.push_back(i);
   if (order.empty()) return 0;
   // Kept boxes per class: a flat table over the classes' range when it is small, else a map.
   KeptBoxes all_classes;
@@ -102,7 +103,8 @@ int NmsCpu(const NmsParams& p, const float* boxes, const float* scores, const in
   // Visit in (score desc, index asc) order, sorting only as far as needed: chunks of growing
   // size are partially sorted out of the remaining candidates until max_output boxes are kept.
   const auto before = [scores](int32_t a, int32_t b) {
-    return scores[a] > scores[b] || (scores[a] == scores[b] && a < b);
+    const float sa = NmsScore(scores[a]), sb = NmsScore(scores[b]);
+    return sa > sb || (sa == sb && a < b);
   };
   int kept = 0;
   size_t done = 0, chunk = std::max<size_t>(256, 4 * static_cast<size_t>(p.max_output));

@@ -214,10 +214,12 @@ def nms_ref(boxes, scores, max_output_size, iou_threshold, score_threshold=-np.i
 
     Inputs are read as TensorFlow's CPU kernels read them: TF runs its ops with denormals flushed
     to zero (FTZ/DAZ), so a subnormal score such as 1e-45 ties with 0 there (found by hypothesis:
-    scores (0, 1e-45) kept in index order by both backends)."""
+    scores (0, 1e-45) kept in index order by both backends). The kernels flush scores and the
+    score threshold themselves, so they order them so on the GPU and outside TensorFlow too."""
     boxes = _flush_denormals(np.asarray(boxes, np.float32))
     scores = _flush_denormals(np.asarray(scores, np.float32))
-    order = sorted((i for i in range(len(scores)) if scores[i] > f32(score_threshold)),
+    threshold = _flush_denormals(np.float32(score_threshold))  # read as the scores are
+    order = sorted((i for i in range(len(scores)) if scores[i] > threshold),
                    key=lambda i: (-float(scores[i]), i))
     kept = []
     for i in order:
