@@ -200,9 +200,10 @@ int ValidateNmsGpu(const float* boxes, const float* scores, int64_t n, int* scra
   e = cudaStreamSynchronize(s);
   if (e != cudaSuccess) return e;
   if (first != 0x7f7f7f7f) {
-    e = cudaMemcpy(row, boxes + 4 * static_cast<int64_t>(first), 4 * sizeof(float), cudaMemcpyDeviceToHost);
-    if (e != cudaSuccess) return e;
-    e = cudaMemcpy(row + 4, scores + first, sizeof(float), cudaMemcpyDeviceToHost);
+    // on the op's stream, not the legacy default stream
+    e = cudaMemcpyAsync(row, boxes + 4 * static_cast<int64_t>(first), 4 * sizeof(float), cudaMemcpyDeviceToHost, s);
+    if (e == cudaSuccess) e = cudaMemcpyAsync(row + 4, scores + first, sizeof(float), cudaMemcpyDeviceToHost, s);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(s);
     if (e != cudaSuccess) return e;
     *bad_index = first;
     bool box_ok = true;

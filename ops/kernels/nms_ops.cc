@@ -95,7 +95,9 @@ class NmsOp : public OpKernel {
                              row, stream);
       OP_REQUIRES(ctx, e == 0, errors::Internal("LhrcnnNms: CUDA error: ", CudaErrorString(e)));
       OP_REQUIRES_OK(ctx, bad < 0 ? ::tensorflow::OkStatus() : NmsError(bad, code, row, n, batched));
-      const size_t bytes = NmsGpuWorkspaceBytes(static_cast<int>(batch), static_cast<int>(n));
+      // No candidate to visit (NmsGpu only writes the -1s and zero counts): no workspace.
+      const size_t bytes = (n == 0 || p_.max_output == 0) ? 0
+                           : NmsGpuWorkspaceBytes(static_cast<int>(batch), static_cast<int>(n));
       Tensor workspace;
       OP_REQUIRES_OK(ctx, ctx->allocate_temp(::tensorflow::DT_INT8,
                                              TensorShape({static_cast<int64_t>(bytes)}), &workspace));

@@ -174,7 +174,7 @@ __global__ void PsRoiPoolForwardKernel(PsPoolParams p, FeatureShape fs, const fl
     for (int h = bin.hstart; h < bin.hend; ++h)
       for (int w = bin.wstart; w < bin.wend; ++w)
         acc += image[(static_cast<int64_t>(h) * fs.width + w) * fs.channels + c];
-    const int area = (bin.hend - bin.hstart) * (bin.wend - bin.wstart);
+    const int64_t area = static_cast<int64_t>(bin.hend - bin.hstart) * (bin.wend - bin.wstart);
     out[i] = static_cast<float>(acc / area);
   }
 }
@@ -196,7 +196,7 @@ __global__ void PsRoiPoolBackwardKernel(PsPoolParams p, FeatureShape fs, const f
     if (b < 0 || b >= fs.batch || bin.hend <= bin.hstart || bin.wend <= bin.wstart) continue;
     const int c = (k * G + ph) * G + pw;
     float* image = grad_features + static_cast<int64_t>(b) * fs.height * fs.width * fs.channels;
-    const float area = static_cast<float>((bin.hend - bin.hstart) * (bin.wend - bin.wstart));
+    const float area = static_cast<float>(static_cast<int64_t>(bin.hend - bin.hstart) * (bin.wend - bin.wstart));
     const float g = grad_out[i] / area;
     for (int h = bin.hstart; h < bin.hend; ++h)
       for (int w = bin.wstart; w < bin.wend; ++w)

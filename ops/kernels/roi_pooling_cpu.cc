@@ -407,7 +407,7 @@ void PsRoiPoolForwardCpu(const PsPoolParams& p, const FeatureShape& fs, const fl
           std::fill(o, o + K, 0.f);
           continue;
         }
-        const int area = (bin.hend - bin.hstart) * (bin.wend - bin.wstart);
+        const int64_t area = static_cast<int64_t>(bin.hend - bin.hstart) * (bin.wend - bin.wstart);
         std::fill(acc.begin(), acc.end(), 0.0);
         for (int h = bin.hstart; h < bin.hend; ++h)
           for (int w = bin.wstart; w < bin.wend; ++w) {
@@ -443,7 +443,7 @@ void PsRoiPoolBackwardCpu(const PsPoolParams& p, const FeatureShape& fs, const f
         if (static_cast<int>(roi[0]) != b) continue;
         const PoolBin bin = MakePoolBin(roi, p.spatial_scale, G, ph, pw, H, W);
         if (bin.hend <= bin.hstart || bin.wend <= bin.wstart) continue;
-        const float area = static_cast<float>((bin.hend - bin.hstart) * (bin.wend - bin.wstart));
+        const float area = static_cast<float>(static_cast<int64_t>(bin.hend - bin.hstart) * (bin.wend - bin.wstart));
         const float* g = grad_out + ((static_cast<int64_t>(r) * G + ph) * G + pw) * K;
         for (int h = bin.hstart; h < bin.hend; ++h)
           for (int w = bin.wstart; w < bin.wend; ++w) {
