@@ -82,8 +82,8 @@ def check_writable(directory, needed_bytes, resume_note):
         raise storage_error("write checkpoints to", directory, e, advice) from None
     free = shutil.disk_usage(directory).free
     if free < needed_bytes:
-        raise StorageError(f"cannot write checkpoints to {directory}: {free / 2**20:.0f} MB free, a checkpoint "
-                           f"takes about {needed_bytes / 2**20:.0f} MB; free some space and run again; {resume_note}")
+        raise StorageError(f"cannot write checkpoints to {directory}: {free / 2**20:.0f} MB free, one more checkpoint "
+                           f"needs about {needed_bytes / 2**20:.0f} MB; free some space and run again; {resume_note}")
 
 
 def is_tf2_checkpoint(prefix):

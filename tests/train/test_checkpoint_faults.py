@@ -104,8 +104,8 @@ def test_a_full_folder_fails_before_the_first_step(tmp_path, monkeypatch, capsys
     assert needed > 1e6  # the variables and the optimizer's slots
     disk_usage = checkpoints_lib.shutil.disk_usage
     monkeypatch.setattr(checkpoints_lib.shutil, "disk_usage", lambda path: disk_usage(path)._replace(free=needed // 2))
-    with pytest.raises(StorageError, match=rf"cannot write checkpoints to {tmp_path}/model_dump: \d+ MB free, a "
-                                           r"checkpoint takes about \d+ MB; free some space and run again; training "
+    with pytest.raises(StorageError, match=rf"cannot write checkpoints to {tmp_path}/model_dump: \d+ MB free, one more "
+                                           r"checkpoint needs about \d+ MB; free some space and run again; training "
                                            r"starts from the beginning"):
         trainer.train()
     assert int(trainer.optimizer.iterations) == 0  # no step was done (and none is redone on the next try)
