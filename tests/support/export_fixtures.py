@@ -45,6 +45,7 @@ def model(tmp_path_factory):
         from lhrcnn.config import load_config
         from lhrcnn.detector import build_detector, load_detector
         root = tmp_path_factory.mktemp("export_model")
+        tf.keras.utils.set_random_seed(0)  # the same fresh weights in every run, whatever ran before
         detector = build_detector(SYNTHETIC, ops_backend="tf", **SMALL)
         prefix = str(root / "model_dump" / "ckpt-1")
         tf.train.Checkpoint(model=detector).write(prefix)
