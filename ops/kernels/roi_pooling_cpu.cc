@@ -33,62 +33,6 @@ int FirstInvalidRoiCpu(const float* rois, int num_rois, int batch, int* code) {
 
 namespace {
 
-// Transposes work on blocks of kPixelBlock pixels: the block's NHWC rows stay in cache while
-// every plane receives one contiguous run, instead of P interleaved write streams.
-constexpr int64_t kPixelBlock = 64;
-
-// NHWC [B, H, W, P * K] (channel c = k * P + p) -> plane-major [B, P, H, W, KP], KP >= K
-// (the pad lanes are zero).
-void ToPlanes(const float* src, float* dst, const FeatureShape& fs, int planes, int kp,
-              const ParallelFor& pf) {
-  const int C = fs.channels, K = C / planes;
-  const int64_t hw = static_cast<int64_t>(fs.height) * fs.width;
-  const int64_t blocks_per_image = (hw + kPixelBlock - 1) / kPixelBlock;
-  pf(fs.batch * blocks_per_image, kPixelBlock * planes * kp * 2, [&](int64_t begin, int64_t end) {
-    for (int64_t blk = begin; blk < end; ++blk) {
-      const int64_t b = blk / blocks_per_image, pix0 = (blk % blocks_per_image) * kPixelBlock;
-      const int64_t pix1 = std::min(hw, pix0 + kPixelBlock);
-      for (int p = 0; p < planes; ++p) {
-        float* d = dst + ((b * planes + p) * hw + pix0) * kp;
-        for (int64_t pix = pix0; pix < pix1; ++pix, d += kp) {
-          const float* s = src + (b * hw + pix) * C + p;
-          for (int k = 0; k < K; ++k) d[k] = s[k * planes];
-          for (int k = K; k < kp; ++k) d[k] = 0.f;
-        }
-      }
-    }
-  });
-}
-
-// Inverse of ToPlanes (the pad lanes are dropped).
-void FromPlanes(const float* src, float* dst, const FeatureShape& fs, int planes, int kp,
-                const ParallelFor& pf) {
-  const int C = fs.channels, K = C / planes;
-  const int64_t hw = static_cast<int64_t>(fs.height) * fs.width;
-  const int64_t blocks_per_image = (hw + kPixelBlock - 1) / kPixelBlock;
-  pf(fs.batch * blocks_per_image, kPixelBlock * planes * kp * 2, [&](int64_t begin, int64_t end) {
-    for (int64_t blk = begin; blk < end; ++blk) {
-      const int64_t b = blk / blocks_per_image, pix0 = (blk % blocks_per_image) * kPixelBlock;
-      const int64_t pix1 = std::min(hw, pix0 + kPixelBlock);
-      for (int p = 0; p < planes; ++p) {
-        const float* s = src + ((b * planes + p) * hw + pix0) * kp;
-        for (int64_t pix = pix0; pix < pix1; ++pix, s += kp) {
-          float* d = dst + (b * hw + pix) * C + p;
-          for (int k = 0; k < K; ++k) d[k * planes] = s[k];
-        }
-      }
-    }
-  });
-}
-
-void ZeroFill(float* dst, int64_t n, const ParallelFor& pf) {
-  const int64_t block = 1 << 16;
-  pf((n + block - 1) / block, block, [&](int64_t begin, int64_t end) {
-    const int64_t lo = begin * block, hi = std::min(n, end * block);
-    std::memset(dst + lo, 0, sizeof(float) * (hi - lo));
-  });
-}
-
 // The RoI-Align family works on vectors: a bin's K channels are padded to KP = round_up(K, 4)
 // in the plane-major copy and processed as groups of 8 lanes plus, when 4 remain, one group of
 // 4, so every sample is a few whole-vector multiply-adds (no scalar tails, no alias checks).
@@ -115,6 +59,127 @@ template <typename V>
 __attribute__((always_inline)) inline void Store(float* p, V v) {
   typedef float U __attribute__((vector_size(sizeof(V)), aligned(4), may_alias));
   *reinterpret_cast<U*>(p) = (U)v;
+}
+
+// Transposes shard the map into blocks of kPixelBlock pixels.
+constexpr int64_t kPixelBlock = 64;
+
+// rows[i][j] -> rows[j][i] for an 8 x 8 block held in eight vectors (three rounds of two-vector
+// shuffles: unpack pairs, then pairs of pairs, then 128-bit halves).
+__attribute__((always_inline)) inline void Transpose8x8(v8f r[8]) {
+  const v8i lo1 = {0, 8, 1, 9, 4, 12, 5, 13}, hi1 = {2, 10, 3, 11, 6, 14, 7, 15};
+  const v8i lo2 = {0, 1, 8, 9, 4, 5, 12, 13}, hi2 = {2, 3, 10, 11, 6, 7, 14, 15};
+  const v8i lo4 = {0, 1, 2, 3, 8, 9, 10, 11}, hi4 = {4, 5, 6, 7, 12, 13, 14, 15};
+  v8f t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = __builtin_shuffle(r[i], r[i + 1], lo1);
+    t[i + 1] = __builtin_shuffle(r[i], r[i + 1], hi1);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    u[i] = __builtin_shuffle(t[i], t[i + 2], lo2);
+    u[i + 1] = __builtin_shuffle(t[i], t[i + 2], hi2);
+    u[i + 2] = __builtin_shuffle(t[i + 1], t[i + 3], lo2);
+    u[i + 3] = __builtin_shuffle(t[i + 1], t[i + 3], hi2);
+  }
+  for (int j = 0; j < 4; ++j) {
+    r[j] = __builtin_shuffle(u[j], u[j + 4], lo4);
+    r[j + 4] = __builtin_shuffle(u[j], u[j + 4], hi4);
+  }
+}
+
+// Moves pixels [pix0, pix1) of image b from NHWC [B, H, W, P * K] (channel c = k * P + p) to
+// plane-major [B, P, H, W, KP], KP >= K (kToPlanes: the pad lanes K..KP are zeroed), or back
+// (the pad lanes are dropped). Per pixel the K x P matrix is transposed in 8 x 8 register blocks,
+// the rest element by element.
+template <bool kToPlanes>
+__attribute__((always_inline)) inline void TransposePixels(const float* src, float* dst, int64_t hw, int P,
+                                                           int K, int kp, int64_t b, int64_t pix0,
+                                                           int64_t pix1) {
+  const int64_t C = static_cast<int64_t>(P) * K, plane_stride = hw * kp;
+  for (int64_t pix = pix0; pix < pix1; ++pix) {
+    const int64_t n_at = (b * hw + pix) * C;          // channel (k, p) at n_at + k * P + p
+    const int64_t q_at = (b * P * hw + pix) * kp;     // plane p, lane k at q_at + p * plane_stride + k
+    const float* n_src = src + n_at;                  // read when kToPlanes
+    const float* q_src = src + q_at;                  // read otherwise
+    float* n_dst = dst + n_at;
+    float* q_dst = dst + q_at;
+    int p0 = 0;
+    for (; p0 + 8 <= P; p0 += 8) {
+      int k0 = 0;
+      for (; k0 + 8 <= K; k0 += 8) {
+        v8f r[8];
+        if (kToPlanes) {
+          for (int i = 0; i < 8; ++i) r[i] = Load<v8f>(n_src + (k0 + i) * P + p0);
+          Transpose8x8(r);
+          for (int j = 0; j < 8; ++j) Store<v8f>(q_dst + (p0 + j) * plane_stride + k0, r[j]);
+        } else {
+          for (int j = 0; j < 8; ++j) r[j] = Load<v8f>(q_src + (p0 + j) * plane_stride + k0);
+          Transpose8x8(r);
+          for (int i = 0; i < 8; ++i) Store<v8f>(n_dst + (k0 + i) * P + p0, r[i]);
+        }
+      }
+      for (; k0 < K; ++k0)
+        for (int j = 0; j < 8; ++j) {
+          if (kToPlanes) q_dst[(p0 + j) * plane_stride + k0] = n_src[k0 * P + p0 + j];
+          else n_dst[k0 * P + p0 + j] = q_src[(p0 + j) * plane_stride + k0];
+        }
+    }
+    for (; p0 < P; ++p0)
+      for (int k = 0; k < K; ++k) {
+        if (kToPlanes) q_dst[p0 * plane_stride + k] = n_src[k * P + p0];
+        else n_dst[k * P + p0] = q_src[p0 * plane_stride + k];
+      }
+    if (kToPlanes)
+      for (int p = 0; p < P; ++p)
+        for (int k = K; k < kp; ++k) q_dst[p * plane_stride + k] = 0.f;
+  }
+}
+
+LHRCNN_MULTIVERSION
+void PixelsToPlanes(const float* src, float* dst, int64_t hw, int P, int K, int kp, int64_t b,
+                    int64_t pix0, int64_t pix1) {
+  TransposePixels<true>(src, dst, hw, P, K, kp, b, pix0, pix1);
+}
+
+LHRCNN_MULTIVERSION
+void PixelsFromPlanes(const float* src, float* dst, int64_t hw, int P, int K, int kp, int64_t b,
+                      int64_t pix0, int64_t pix1) {
+  TransposePixels<false>(src, dst, hw, P, K, kp, b, pix0, pix1);
+}
+
+// NHWC [B, H, W, P * K] (channel c = k * P + p) -> plane-major [B, P, H, W, KP], KP >= K
+// (the pad lanes are zero), or back (the pad lanes are dropped).
+void TransposeMap(bool to_planes, const float* src, float* dst, const FeatureShape& fs, int P, int kp,
+                  const ParallelFor& pf) {
+  const int K = fs.channels / P;
+  const int64_t hw = static_cast<int64_t>(fs.height) * fs.width;
+  const int64_t blocks_per_image = (hw + kPixelBlock - 1) / kPixelBlock;
+  pf(fs.batch * blocks_per_image, kPixelBlock * P * kp * 2, [&](int64_t begin, int64_t end) {
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t b = blk / blocks_per_image, pix0 = (blk % blocks_per_image) * kPixelBlock;
+      const int64_t pix1 = std::min(hw, pix0 + kPixelBlock);
+      if (to_planes) PixelsToPlanes(src, dst, hw, P, K, kp, b, pix0, pix1);
+      else PixelsFromPlanes(src, dst, hw, P, K, kp, b, pix0, pix1);
+    }
+  });
+}
+
+void ToPlanes(const float* src, float* dst, const FeatureShape& fs, int planes, int kp,
+              const ParallelFor& pf) {
+  TransposeMap(true, src, dst, fs, planes, kp, pf);
+}
+
+void FromPlanes(const float* src, float* dst, const FeatureShape& fs, int planes, int kp,
+                const ParallelFor& pf) {
+  TransposeMap(false, src, dst, fs, planes, kp, pf);
+}
+
+void ZeroFill(float* dst, int64_t n, const ParallelFor& pf) {
+  const int64_t block = 1 << 16;
+  pf((n + block - 1) / block, block, [&](int64_t begin, int64_t end) {
+    const int64_t lo = begin * block, hi = std::min(n, end * block);
+    std::memset(dst + lo, 0, sizeof(float) * (hi - lo));
+  });
 }
 
 // The four taps of one sample inside a [H, W, KP] plane: float offsets of their vectors.
@@ -159,15 +224,13 @@ struct TapTable {
       }
     });
   }
-  // Taps of the samples of bin (ph, pw) of RoI r, in (iy, ix) order.
-  void BinSamples(const AlignParams& p, int64_t r, int ph, int pw, int width, int kp,
-                  std::vector<SampleTaps>* out) const {
-    out->resize(p.samples());
+  // Taps of the samples of bin (ph, pw) of RoI r, in (iy, ix) order, into out[p.samples()].
+  __attribute__((always_inline)) void BinSamples(const AlignParams& p, int64_t r, int ph, int pw, int width,
+                                                 int kp, SampleTaps* out) const {
     const AxisTap* ty = &y[r * rows + ph * p.sample_h];
     const AxisTap* tx = &x[r * cols + pw * p.sample_w];
     for (int iy = 0; iy < p.sample_h; ++iy)
-      for (int ix = 0; ix < p.sample_w; ++ix)
-        (*out)[iy * p.sample_w + ix] = MakeSampleTaps(ty[iy], tx[ix], width, kp);
+      for (int ix = 0; ix < p.sample_w; ++ix) out[iy * p.sample_w + ix] = MakeSampleTaps(ty[iy], tx[ix], width, kp);
   }
 };
 
@@ -182,7 +245,7 @@ struct RoisByImage {
   }
 };
 
-// One lane group (8 or 4 lanes at offset k) of PoolAlignBin; `n` lanes are real.
+// One lane group (8 or 4 lanes at offset k) of PoolBins; `n` lanes are real.
 template <typename VF, typename VI>
 __attribute__((always_inline)) inline void PoolLanes(bool max_pool, const float* plane, int k, int n,
                                                      const SampleTaps* taps, int num_samples,
@@ -212,23 +275,16 @@ __attribute__((always_inline)) inline void PoolLanes(bool max_pool, const float*
       if (l < n) out[k + l] = acc[l];
   }
   if (win) {
-    for (int l = 0; l < L; ++l)
-      if (l < n) win[k + l] = arg[l];
+    if (n >= L) {
+      Store<VF>(reinterpret_cast<float*>(win + k), (VF)arg);  // the lanes' bits, as one store
+    } else {
+      for (int l = 0; l < L; ++l)
+        if (l < n) win[k + l] = arg[l];
+    }
   }
 }
 
-// Pools lanes [0, k_count) of one bin from a [H, W, KP] plane (KP = PadLanes(k_count)) into
-// out[k_count] and, for max pooling, the first maximal sample's index into win[k_count].
-LHRCNN_MULTIVERSION
-void PoolAlignBin(bool max_pool, const float* plane, int k_count, const SampleTaps* taps,
-                  int num_samples, float* out, int32_t* win) {
-  const int kp = PadLanes(k_count);
-  int k = 0;
-  for (; kp - k >= 8; k += 8) PoolLanes<v8f, v8i>(max_pool, plane, k, k_count - k, taps, num_samples, out, win);
-  if (k < kp) PoolLanes<v4f, v4i>(max_pool, plane, k, k_count - k, taps, num_samples, out, win);
-}
-
-// One lane group of ScatterAlignBin.
+// One lane group (8 or 4 lanes at offset k) of ScatterBins; `n` lanes are real.
 template <typename VF, typename VI>
 __attribute__((always_inline)) inline void ScatterLanes(bool max_pool, float* plane, int k, int n,
                                                         const SampleTaps* taps, int num_samples,
@@ -253,17 +309,59 @@ __attribute__((always_inline)) inline void ScatterLanes(bool max_pool, float* pl
   }
 }
 
-// Adds the gradient g[0, k_count) of one bin (winners in win for max pooling) to a
-// [H, W, KP] plane. Every sample adds an exact zero to the lanes it did not win, so the loop
-// is whole vectors; the taps of one sample may alias (clamped at the border) and are applied
-// one after the other.
+// The RoIs and bins one shard pools or scatters: RoIs order[0, n) (or first .. first + n when
+// order is null), bins [ph0, ph1) x [pw0, pw1) of each.
+struct BinRange {
+  const int32_t* order;
+  int64_t first, n;
+  int ph0, ph1, pw0, pw1;
+  int64_t roi(int64_t i) const { return order ? order[i] : first + i; }
+};
+
+// Pools the range's bins from one [H, W, KP] plane into out and, for max pooling, the winners
+// into argmax (layout [R, PH, PW, K]); taps holds p.samples() entries.
 LHRCNN_MULTIVERSION
-void ScatterAlignBin(bool max_pool, float* plane, int k_count, const SampleTaps* taps,
-                     int num_samples, const float* g, const int32_t* win) {
-  const int kp = PadLanes(k_count);
-  int k = 0;
-  for (; kp - k >= 8; k += 8) ScatterLanes<v8f, v8i>(max_pool, plane, k, k_count - k, taps, num_samples, g, win);
-  if (k < kp) ScatterLanes<v4f, v4i>(max_pool, plane, k, k_count - k, taps, num_samples, g, win);
+void PoolBins(const AlignParams& p, const TapTable& table, const float* plane, int k_count, int width,
+              const BinRange& range, float* out, int32_t* argmax, SampleTaps* taps) {
+  const int kp = PadLanes(k_count), S = p.samples();
+  for (int64_t i = 0; i < range.n; ++i) {
+    const int64_t r = range.roi(i);
+    for (int ph = range.ph0; ph < range.ph1; ++ph)
+      for (int pw = range.pw0; pw < range.pw1; ++pw) {
+        table.BinSamples(p, r, ph, pw, width, kp, taps);
+        const int64_t o = ((r * p.pooled_h + ph) * p.pooled_w + pw) * k_count;
+        float* bin_out = out + o;
+        int32_t* bin_win = argmax ? argmax + o : nullptr;
+        int k = 0;
+        for (; kp - k >= 8; k += 8)
+          PoolLanes<v8f, v8i>(p.max_pool, plane, k, k_count - k, taps, S, bin_out, bin_win);
+        if (k < kp) PoolLanes<v4f, v4i>(p.max_pool, plane, k, k_count - k, taps, S, bin_out, bin_win);
+      }
+  }
+}
+
+// Adds the gradients of the range's bins, lanes [k0, k0 + lanes) of their k_count, to a
+// [H, W, kp] gradient plane (plane points at lane k0). Every sample adds an exact zero to the
+// lanes it did not win, so the loops are whole vectors; the taps of one sample may alias
+// (clamped at the border) and are applied one after the other.
+LHRCNN_MULTIVERSION
+void ScatterBins(const AlignParams& p, const TapTable& table, float* plane, int k_count, int k0, int lanes,
+                 int kp, int width, const BinRange& range, const float* grad_out, const int32_t* argmax,
+                 SampleTaps* taps) {
+  const int lp = PadLanes(lanes), S = p.samples();
+  for (int64_t i = 0; i < range.n; ++i) {
+    const int64_t r = range.roi(i);
+    for (int ph = range.ph0; ph < range.ph1; ++ph)
+      for (int pw = range.pw0; pw < range.pw1; ++pw) {
+        table.BinSamples(p, r, ph, pw, width, kp, taps);
+        const int64_t o = ((r * p.pooled_h + ph) * p.pooled_w + pw) * k_count + k0;
+        const float* g = grad_out + o;
+        const int32_t* win = p.max_pool ? argmax + o : nullptr;
+        int k = 0;
+        for (; lp - k >= 8; k += 8) ScatterLanes<v8f, v8i>(p.max_pool, plane, k, lanes - k, taps, S, g, win);
+        if (k < lp) ScatterLanes<v4f, v4i>(p.max_pool, plane, k, lanes - k, taps, S, g, win);
+      }
+  }
 }
 
 }  // namespace
@@ -294,19 +392,13 @@ void RoiAlignForwardCpu(const AlignParams& p, const FeatureShape& fs, const floa
   TapTable table;
   table.Build(p, fs, rois, num_rois, pf);
   const int64_t bin_cost = static_cast<int64_t>(S) * (KP * 2 + 30);
-  auto pool = [&](const float* plane, int64_t r, int ph, int pw, std::vector<SampleTaps>* taps) {
-    table.BinSamples(p, r, ph, pw, W, KP, taps);
-    const int64_t o = ((r * PH + ph) * PW + pw) * K;
-    PoolAlignBin(p.max_pool, plane, K, taps->data(), S, out + o, argmax ? argmax + o : nullptr);
-  };
   if (P == 1) {
     // Channel-wise RoIAlign: every bin reads the image's single plane; shard by RoI.
     pf(num_rois, bin_cost * PH * PW, [&](int64_t begin, int64_t end) {
-      std::vector<SampleTaps> taps;
+      std::vector<SampleTaps> taps(S);
       for (int64_t r = begin; r < end; ++r) {
         const float* plane = planes + static_cast<int64_t>(rois[5 * r]) * plane_size;
-        for (int ph = 0; ph < PH; ++ph)
-          for (int pw = 0; pw < PW; ++pw) pool(plane, r, ph, pw, &taps);
+        PoolBins(p, table, plane, K, W, BinRange{nullptr, r, 1, 0, PH, 0, PW}, out, argmax, taps.data());
       }
     });
     return;
@@ -316,12 +408,12 @@ void RoiAlignForwardCpu(const AlignParams& p, const FeatureShape& fs, const floa
   const RoisByImage by_image(rois, num_rois, fs.batch);
   const int64_t rois_per_image = std::max<int64_t>(1, num_rois / std::max(1, fs.batch));
   pf(static_cast<int64_t>(fs.batch) * P, bin_cost * rois_per_image, [&](int64_t begin, int64_t end) {
-    std::vector<SampleTaps> taps;
+    std::vector<SampleTaps> taps(S);
     for (int64_t u = begin; u < end; ++u) {
-      const int b = static_cast<int>(u / P), plane_index = static_cast<int>(u % P);
-      const float* plane = planes + u * plane_size;
-      for (int i = by_image.start[b]; i < by_image.start[b + 1]; ++i)
-        pool(plane, by_image.order[i], plane_index / PW, plane_index % PW, &taps);
+      const int b = static_cast<int>(u / P), ph = static_cast<int>(u % P) / PW, pw = static_cast<int>(u % P) % PW;
+      const BinRange range{by_image.order.data() + by_image.start[b], 0, by_image.start[b + 1] - by_image.start[b],
+                           ph, ph + 1, pw, pw + 1};
+      PoolBins(p, table, planes + u * plane_size, K, W, range, out, argmax, taps.data());
     }
   });
 }
@@ -348,7 +440,7 @@ void RoiAlignBackwardCpu(const AlignParams& p, const FeatureShape& fs, const flo
   const int bins_per_unit = P > 1 ? 1 : PH * PW;
   const int64_t cost = std::max<int64_t>(1, num_rois / fs.batch) * bins_per_unit * S * (chunk * 3 + 30);
   pf(units, cost, [&](int64_t begin, int64_t end) {
-    std::vector<SampleTaps> taps;
+    std::vector<SampleTaps> taps(S);
     for (int64_t u = begin; u < end; ++u) {
       const int64_t image_plane = u / nchunks;
       const int b = static_cast<int>(image_plane / P), plane_index = static_cast<int>(image_plane % P);
@@ -360,18 +452,11 @@ void RoiAlignBackwardCpu(const AlignParams& p, const FeatureShape& fs, const flo
       for (int64_t pix = 0; pix < static_cast<int64_t>(H) * W; ++pix)
         std::fill(plane + pix * KP, plane + pix * KP + width, 0.f);
       if (lanes <= 0) continue;
-      const int ph_begin = P > 1 ? plane_index / PW : 0, ph_end = P > 1 ? ph_begin + 1 : PH;
-      const int pw_begin = P > 1 ? plane_index % PW : 0, pw_end = P > 1 ? pw_begin + 1 : PW;
-      for (int i = by_image.start[b]; i < by_image.start[b + 1]; ++i) {
-        const int64_t r = by_image.order[i];
-        for (int ph = ph_begin; ph < ph_end; ++ph)
-          for (int pw = pw_begin; pw < pw_end; ++pw) {
-            const int64_t o = ((r * PH + ph) * PW + pw) * K + k0;
-            table.BinSamples(p, r, ph, pw, W, KP, &taps);
-            ScatterAlignBin(p.max_pool, plane, lanes, taps.data(), S, grad_out + o,
-                            p.max_pool ? argmax + o : nullptr);
-          }
-      }
+      const int ph0 = P > 1 ? plane_index / PW : 0, ph1 = P > 1 ? ph0 + 1 : PH;
+      const int pw0 = P > 1 ? plane_index % PW : 0, pw1 = P > 1 ? pw0 + 1 : PW;
+      const BinRange range{by_image.order.data() + by_image.start[b], 0, by_image.start[b + 1] - by_image.start[b],
+                           ph0, ph1, pw0, pw1};
+      ScatterBins(p, table, plane, K, k0, lanes, KP, W, range, grad_out, argmax, taps.data());
     }
   });
   if (!in_place) FromPlanes(gplanes, grad_features, fs, P, KP, pf);

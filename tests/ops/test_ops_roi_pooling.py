@@ -39,7 +39,9 @@ def _grad(fn, features, out_grad):
 
 
 @pytest.mark.parametrize("group,k,sampling,pooling", [
-    (7, 3, (2, 2), "max"), (7, 2, (2, 2), "avg"), (3, 4, (1, 3), "max"), (2, 1, (3, 2), "avg")])
+    (7, 3, (2, 2), "max"), (7, 2, (2, 2), "avg"), (3, 4, (1, 3), "max"), (2, 1, (3, 2), "avg"),
+    # channel counts that take the CPU kernels' 8 x 8 block transposes (P and K >= 8) and their remainders
+    (3, 8, (2, 2), "max"), (4, 17, (2, 1), "avg"), (3, 9, (2, 2), "max")])
 def test_ps_roi_align_matches_reference(backend, group, k, sampling, pooling):
     rng = np.random.default_rng(group * 10 + k)
     features = rng.normal(size=(2, 9, 11, k * group * group)).astype(np.float32)
@@ -73,7 +75,7 @@ def test_roi_align_matches_reference(backend, size, sampling, pooling, aligned):
     np.testing.assert_allclose(_grad(fn, features, out_grad), want_grad, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("group,k", [(7, 2), (3, 3), (1, 4)])
+@pytest.mark.parametrize("group,k", [(7, 2), (3, 3), (1, 4), (3, 9), (4, 16)])
 def test_ps_roi_pool_matches_reference(backend, group, k):
     rng = np.random.default_rng(group + 100 * k)
     features = rng.normal(size=(2, 9, 11, k * group * group)).astype(np.float32)
