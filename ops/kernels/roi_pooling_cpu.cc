@@ -198,42 +198,6 @@ inline SampleTaps MakeSampleTaps(const AxisTap& ty, const AxisTap& tx, int width
   return t;
 }
 
-// Axis taps of every sample row and column of every RoI, computed once per call:
-// y[r * PH * Sh + ph * Sh + iy], x[r * PW * Sw + pw * Sw + ix].
-struct TapTable {
-  std::vector<AxisTap> y, x;
-  int rows = 0, cols = 0;
-  void Build(const AlignParams& p, const FeatureShape& fs, const float* rois, int num_rois,
-             const ParallelFor& pf) {
-    rows = p.pooled_h * p.sample_h;
-    cols = p.pooled_w * p.sample_w;
-    y.resize(static_cast<size_t>(num_rois) * rows);
-    x.resize(static_cast<size_t>(num_rois) * cols);
-    pf(num_rois, 20 * (rows + cols), [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        const AlignGeometry g = MakeAlignGeometry(rois + 5 * r, p.spatial_scale, p.pooled_h, p.pooled_w,
-                                                  p.aligned ? 0.5f : 0.f);
-        for (int ph = 0; ph < p.pooled_h; ++ph)
-          for (int iy = 0; iy < p.sample_h; ++iy)
-            y[r * rows + ph * p.sample_h + iy] =
-                MakeAxisTap(g.ys + g.bh * SampleFraction(ph, iy, p.sample_h), fs.height);
-        for (int pw = 0; pw < p.pooled_w; ++pw)
-          for (int ix = 0; ix < p.sample_w; ++ix)
-            x[r * cols + pw * p.sample_w + ix] =
-                MakeAxisTap(g.xs + g.bw * SampleFraction(pw, ix, p.sample_w), fs.width);
-      }
-    });
-  }
-  // Taps of the samples of bin (ph, pw) of RoI r, in (iy, ix) order, into out[p.samples()].
-  __attribute__((always_inline)) void BinSamples(const AlignParams& p, int64_t r, int ph, int pw, int width,
-                                                 int kp, SampleTaps* out) const {
-    const AxisTap* ty = &y[r * rows + ph * p.sample_h];
-    const AxisTap* tx = &x[r * cols + pw * p.sample_w];
-    for (int iy = 0; iy < p.sample_h; ++iy)
-      for (int ix = 0; ix < p.sample_w; ++ix) out[iy * p.sample_w + ix] = MakeSampleTaps(ty[iy], tx[ix], width, kp);
-  }
-};
-
 // RoI indices grouped by image: rois of image b are order[start[b] .. start[b + 1]).
 struct RoisByImage {
   std::vector<int32_t> order, start;
@@ -242,6 +206,41 @@ struct RoisByImage {
     for (int b = 0; b < batch; ++b) start[b + 1] += start[b];
     std::vector<int32_t> next(start.begin(), start.end() - 1);
     for (int r = 0; r < num_rois; ++r) order[next[static_cast<int>(rois[5 * r])]++] = r;
+  }
+};
+
+// Axis taps of every sample row and column of every RoI, computed once per call, for the RoIs
+// in a given order (position i holds RoI order[i]), grouped by bin row and column:
+// y[(ph * n + i) * Sh + iy], x[(pw * n + i) * Sw + ix]. A pass over one bin plane then reads the
+// taps of consecutive positions from one contiguous run instead of one cache line per RoI.
+struct TapTable {
+  std::vector<AxisTap> y, x;
+  int64_t n = 0;
+  void Build(const AlignParams& p, const FeatureShape& fs, const float* rois, const int32_t* order,
+             int num_rois, const ParallelFor& pf) {
+    n = num_rois;
+    y.resize(static_cast<size_t>(num_rois) * p.pooled_h * p.sample_h);
+    x.resize(static_cast<size_t>(num_rois) * p.pooled_w * p.sample_w);
+    pf(num_rois, 20 * (p.pooled_h * p.sample_h + p.pooled_w * p.sample_w), [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const AlignGeometry g = MakeAlignGeometry(rois + 5 * static_cast<int64_t>(order[i]), p.spatial_scale,
+                                                  p.pooled_h, p.pooled_w, p.aligned ? 0.5f : 0.f);
+        for (int ph = 0; ph < p.pooled_h; ++ph)
+          for (int iy = 0; iy < p.sample_h; ++iy)
+            y[(ph * n + i) * p.sample_h + iy] = MakeAxisTap(g.ys + g.bh * SampleFraction(ph, iy, p.sample_h), fs.height);
+        for (int pw = 0; pw < p.pooled_w; ++pw)
+          for (int ix = 0; ix < p.sample_w; ++ix)
+            x[(pw * n + i) * p.sample_w + ix] = MakeAxisTap(g.xs + g.bw * SampleFraction(pw, ix, p.sample_w), fs.width);
+      }
+    });
+  }
+  // Taps of the samples of bin (ph, pw) of the RoI at position i, in (iy, ix) order, into out[p.samples()].
+  __attribute__((always_inline)) void BinSamples(const AlignParams& p, int64_t i, int ph, int pw, int width,
+                                                 int kp, SampleTaps* out) const {
+    const AxisTap* ty = &y[(ph * n + i) * p.sample_h];
+    const AxisTap* tx = &x[(pw * n + i) * p.sample_w];
+    for (int iy = 0; iy < p.sample_h; ++iy)
+      for (int ix = 0; ix < p.sample_w; ++ix) out[iy * p.sample_w + ix] = MakeSampleTaps(ty[iy], tx[ix], width, kp);
   }
 };
 
@@ -309,26 +308,24 @@ __attribute__((always_inline)) inline void ScatterLanes(bool max_pool, float* pl
   }
 }
 
-// The RoIs and bins one shard pools or scatters: RoIs order[0, n) (or first .. first + n when
-// order is null), bins [ph0, ph1) x [pw0, pw1) of each.
+// The RoIs and bins one shard pools or scatters: the RoIs at positions [begin, end) of the tap
+// table's order, bins [ph0, ph1) x [pw0, pw1) of each.
 struct BinRange {
-  const int32_t* order;
-  int64_t first, n;
+  int64_t begin, end;
   int ph0, ph1, pw0, pw1;
-  int64_t roi(int64_t i) const { return order ? order[i] : first + i; }
 };
 
 // Pools the range's bins from one [H, W, KP] plane into out and, for max pooling, the winners
 // into argmax (layout [R, PH, PW, K]); taps holds p.samples() entries.
 LHRCNN_MULTIVERSION
-void PoolBins(const AlignParams& p, const TapTable& table, const float* plane, int k_count, int width,
-              const BinRange& range, float* out, int32_t* argmax, SampleTaps* taps) {
+void PoolBins(const AlignParams& p, const TapTable& table, const int32_t* order, const float* plane, int k_count,
+              int width, const BinRange& range, float* out, int32_t* argmax, SampleTaps* taps) {
   const int kp = PadLanes(k_count), S = p.samples();
-  for (int64_t i = 0; i < range.n; ++i) {
-    const int64_t r = range.roi(i);
+  for (int64_t i = range.begin; i < range.end; ++i) {
+    const int64_t r = order[i];
     for (int ph = range.ph0; ph < range.ph1; ++ph)
       for (int pw = range.pw0; pw < range.pw1; ++pw) {
-        table.BinSamples(p, r, ph, pw, width, kp, taps);
+        table.BinSamples(p, i, ph, pw, width, kp, taps);
         const int64_t o = ((r * p.pooled_h + ph) * p.pooled_w + pw) * k_count;
         float* bin_out = out + o;
         int32_t* bin_win = argmax ? argmax + o : nullptr;
@@ -345,15 +342,15 @@ void PoolBins(const AlignParams& p, const TapTable& table, const float* plane, i
 // lanes it did not win, so the loops are whole vectors; the taps of one sample may alias
 // (clamped at the border) and are applied one after the other.
 LHRCNN_MULTIVERSION
-void ScatterBins(const AlignParams& p, const TapTable& table, float* plane, int k_count, int k0, int lanes,
-                 int kp, int width, const BinRange& range, const float* grad_out, const int32_t* argmax,
+void ScatterBins(const AlignParams& p, const TapTable& table, const int32_t* order, float* plane, int k_count,
+                 int k0, int lanes, int kp, int width, const BinRange& range, const float* grad_out, const int32_t* argmax,
                  SampleTaps* taps) {
   const int lp = PadLanes(lanes), S = p.samples();
-  for (int64_t i = 0; i < range.n; ++i) {
-    const int64_t r = range.roi(i);
+  for (int64_t i = range.begin; i < range.end; ++i) {
+    const int64_t r = order[i];
     for (int ph = range.ph0; ph < range.ph1; ++ph)
       for (int pw = range.pw0; pw < range.pw1; ++pw) {
-        table.BinSamples(p, r, ph, pw, width, kp, taps);
+        table.BinSamples(p, i, ph, pw, width, kp, taps);
         const int64_t o = ((r * p.pooled_h + ph) * p.pooled_w + pw) * k_count + k0;
         const float* g = grad_out + o;
         const int32_t* win = p.max_pool ? argmax + o : nullptr;
@@ -389,31 +386,35 @@ void RoiAlignForwardCpu(const AlignParams& p, const FeatureShape& fs, const floa
     ToPlanes(features, workspace, fs, P, KP, pf);
     planes = workspace;
   }
+  const RoisByImage by_image(rois, num_rois, fs.batch);
+  const int32_t* order = by_image.order.data();
   TapTable table;
-  table.Build(p, fs, rois, num_rois, pf);
+  table.Build(p, fs, rois, order, num_rois, pf);
   const int64_t bin_cost = static_cast<int64_t>(S) * (KP * 2 + 30);
   if (P == 1) {
     // Channel-wise RoIAlign: every bin reads the image's single plane; shard by RoI.
     pf(num_rois, bin_cost * PH * PW, [&](int64_t begin, int64_t end) {
       std::vector<SampleTaps> taps(S);
-      for (int64_t r = begin; r < end; ++r) {
-        const float* plane = planes + static_cast<int64_t>(rois[5 * r]) * plane_size;
-        PoolBins(p, table, plane, K, W, BinRange{nullptr, r, 1, 0, PH, 0, PW}, out, argmax, taps.data());
+      for (int64_t i = begin; i < end; ++i) {
+        const float* plane = planes + static_cast<int64_t>(rois[5 * static_cast<int64_t>(order[i])]) * plane_size;
+        PoolBins(p, table, order, plane, K, W, BinRange{i, i + 1, 0, PH, 0, PW}, out, argmax, taps.data());
       }
     });
     return;
   }
   // Position-sensitive: bin (ph, pw) of every RoI reads only plane ph * PW + pw, so shard by
   // (image, plane) and keep that plane hot in cache while all RoIs of the image visit it.
-  const RoisByImage by_image(rois, num_rois, fs.batch);
   const int64_t rois_per_image = std::max<int64_t>(1, num_rois / std::max(1, fs.batch));
   pf(static_cast<int64_t>(fs.batch) * P, bin_cost * rois_per_image, [&](int64_t begin, int64_t end) {
     std::vector<SampleTaps> taps(S);
     for (int64_t u = begin; u < end; ++u) {
       const int b = static_cast<int>(u / P), ph = static_cast<int>(u % P) / PW, pw = static_cast<int>(u % P) % PW;
-      const BinRange range{by_image.order.data() + by_image.start[b], 0, by_image.start[b + 1] - by_image.start[b],
-                           ph, ph + 1, pw, pw + 1};
-      PoolBins(p, table, planes + u * plane_size, K, W, range, out, argmax, taps.data());
+      const BinRange range{by_image.start[b], by_image.start[b + 1], ph, ph + 1, pw, pw + 1};
+      const float* plane = planes + u * plane_size;
+      // The RoIs read the plane at random: stream it into L2 first (sequential prefetches run at
+      // bandwidth, the RoIs' first touches would each wait for a miss).
+      for (int64_t f = 0; f < plane_size; f += 16) __builtin_prefetch(plane + f, 0, 2);
+      PoolBins(p, table, order, plane, K, W, range, out, argmax, taps.data());
     }
   });
 }
@@ -430,9 +431,10 @@ void RoiAlignBackwardCpu(const AlignParams& p, const FeatureShape& fs, const flo
   const bool in_place = RoiAlignCpuWorkspace(p, fs) == 0;
   float* gplanes = in_place ? grad_features : workspace;
   const int64_t plane_size = static_cast<int64_t>(H) * W * KP;
-  TapTable table;
-  table.Build(p, fs, rois, num_rois, pf);
   const RoisByImage by_image(rois, num_rois, fs.batch);
+  const int32_t* order = by_image.order.data();
+  TapTable table;
+  table.Build(p, fs, rois, order, num_rois, pf);
   // Shards own disjoint slices: one plane (position-sensitive) or 32 lanes of the map (RoIAlign).
   const int chunk = P > 1 ? KP : std::min(KP, 32);
   const int nchunks = (KP + chunk - 1) / chunk;
@@ -449,14 +451,17 @@ void RoiAlignBackwardCpu(const AlignParams& p, const FeatureShape& fs, const flo
       float* plane = gplanes + image_plane * plane_size + k0;
       // Each shard zeroes the slice it owns right before accumulating into it (in cache).
       const int width = std::min(chunk, KP - k0);
-      for (int64_t pix = 0; pix < static_cast<int64_t>(H) * W; ++pix)
-        std::fill(plane + pix * KP, plane + pix * KP + width, 0.f);
+      if (width == KP) {
+        std::memset(plane, 0, sizeof(float) * plane_size);  // the whole plane: one contiguous run
+      } else {
+        for (int64_t pix = 0; pix < static_cast<int64_t>(H) * W; ++pix)
+          std::fill(plane + pix * KP, plane + pix * KP + width, 0.f);
+      }
       if (lanes <= 0) continue;
       const int ph0 = P > 1 ? plane_index / PW : 0, ph1 = P > 1 ? ph0 + 1 : PH;
       const int pw0 = P > 1 ? plane_index % PW : 0, pw1 = P > 1 ? pw0 + 1 : PW;
-      const BinRange range{by_image.order.data() + by_image.start[b], 0, by_image.start[b + 1] - by_image.start[b],
-                           ph0, ph1, pw0, pw1};
-      ScatterBins(p, table, plane, K, k0, lanes, KP, W, range, grad_out, argmax, taps.data());
+      const BinRange range{by_image.start[b], by_image.start[b + 1], ph0, ph1, pw0, pw1};
+      ScatterBins(p, table, order, plane, K, k0, lanes, KP, W, range, grad_out, argmax, taps.data());
     }
   });
   if (!in_place) FromPlanes(gplanes, grad_features, fs, P, KP, pf);
