@@ -28,6 +28,11 @@ VARIANTS = {
     "inter_op 1": ({}, {"LHRCNN_INTER_OP_THREADS": "1"}),
     "jit_compile backbone": ({"jit_compile": True}, {}),
     "mixed_bfloat16": ({"mixed_precision": "mixed_bfloat16"}, {}),
+    # images per step (OHEM's per-replica budget scaled with them): does a larger batch amortise
+    # per-step overhead?
+    "batch 4": ({"train_batch_per_gpu": 4, "ohem_top_k": 512}, {}),
+    "batch 8": ({"train_batch_per_gpu": 8, "ohem_top_k": 1024}, {}),
+    "snet49 backbone": ({"backbone": "snet49"}, {}),
 }
 
 _CHILD = r"""
