@@ -99,10 +99,11 @@ __attribute__((always_inline)) inline void TransposePixels(const float* src, flo
   for (int64_t pix = pix0; pix < pix1; ++pix) {
     const int64_t n_at = (b * hw + pix) * C;          // channel (k, p) at n_at + k * P + p
     const int64_t q_at = (b * P * hw + pix) * kp;     // plane p, lane k at q_at + p * plane_stride + k
-    const float* n_src = src + n_at;                  // read when kToPlanes
-    const float* q_src = src + q_at;                  // read otherwise
-    float* n_dst = dst + n_at;
-    float* q_dst = dst + q_at;
+    // Only the source's side is read and the destination's written (the others stay null).
+    const float* n_src = kToPlanes ? src + n_at : nullptr;
+    const float* q_src = kToPlanes ? nullptr : src + q_at;
+    float* n_dst = kToPlanes ? nullptr : dst + n_at;
+    float* q_dst = kToPlanes ? dst + q_at : nullptr;
     int p0 = 0;
     for (; p0 + 8 <= P; p0 += 8) {
       int k0 = 0;
