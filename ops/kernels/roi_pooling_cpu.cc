@@ -216,9 +216,11 @@ struct RoisByImage {
 // taps of consecutive positions from one contiguous run instead of one cache line per RoI.
 struct TapTable {
   std::vector<AxisTap> y, x;
+  const int32_t* order = nullptr;  // the RoI at each position
   int64_t n = 0;
-  void Build(const AlignParams& p, const FeatureShape& fs, const float* rois, const int32_t* order,
+  void Build(const AlignParams& p, const FeatureShape& fs, const float* rois, const int32_t* roi_order,
              int num_rois, const ParallelFor& pf) {
+    order = roi_order;
     n = num_rois;
     y.resize(static_cast<size_t>(num_rois) * p.pooled_h * p.sample_h);
     x.resize(static_cast<size_t>(num_rois) * p.pooled_w * p.sample_w);
@@ -319,11 +321,11 @@ struct BinRange {
 // Pools the range's bins from one [H, W, KP] plane into out and, for max pooling, the winners
 // into argmax (layout [R, PH, PW, K]); taps holds p.samples() entries.
 LHRCNN_MULTIVERSION
-void PoolBins(const AlignParams& p, const TapTable& table, const int32_t* order, const float* plane, int k_count,
+void PoolBins(const AlignParams& p, const TapTable& table, const float* plane, int k_count,
               int width, const BinRange& range, float* out, int32_t* argmax, SampleTaps* taps) {
   const int kp = PadLanes(k_count), S = p.samples();
   for (int64_t i = range.begin; i < range.end; ++i) {
-    const int64_t r = order[i];
+    const int64_t r = table.order[i];
     for (int ph = range.ph0; ph < range.ph1; ++ph)
       for (int pw = range.pw0; pw < range.pw1; ++pw) {
         table.BinSamples(p, i, ph, pw, width, kp, taps);
@@ -343,12 +345,12 @@ void PoolBins(const AlignParams& p, const TapTable& table, const int32_t* order,
 // lanes it did not win, so the loops are whole vectors; the taps of one sample may alias
 // (clamped at the border) and are applied one after the other.
 LHRCNN_MULTIVERSION
-void ScatterBins(const AlignParams& p, const TapTable& table, const int32_t* order, float* plane, int k_count,
+void ScatterBins(const AlignParams& p, const TapTable& table, float* plane, int k_count,
                  int k0, int lanes, int kp, int width, const BinRange& range, const float* grad_out, const int32_t* argmax,
                  SampleTaps* taps) {
   const int lp = PadLanes(lanes), S = p.samples();
   for (int64_t i = range.begin; i < range.end; ++i) {
-    const int64_t r = order[i];
+    const int64_t r = table.order[i];
     for (int ph = range.ph0; ph < range.ph1; ++ph)
       for (int pw = range.pw0; pw < range.pw1; ++pw) {
         table.BinSamples(p, i, ph, pw, width, kp, taps);
@@ -398,7 +400,7 @@ void RoiAlignForwardCpu(const AlignParams& p, const FeatureShape& fs, const floa
       std::vector<SampleTaps> taps(S);
       for (int64_t i = begin; i < end; ++i) {
         const float* plane = planes + static_cast<int64_t>(rois[5 * static_cast<int64_t>(order[i])]) * plane_size;
-        PoolBins(p, table, order, plane, K, W, BinRange{i, i + 1, 0, PH, 0, PW}, out, argmax, taps.data());
+        PoolBins(p, table, plane, K, W, BinRange{i, i + 1, 0, PH, 0, PW}, out, argmax, taps.data());
       }
     });
     return;
@@ -415,7 +417,7 @@ void RoiAlignForwardCpu(const AlignParams& p, const FeatureShape& fs, const floa
       // The RoIs read the plane at random: stream it into L2 first (sequential prefetches run at
       // bandwidth, the RoIs' first touches would each wait for a miss).
       for (int64_t f = 0; f < plane_size; f += 16) __builtin_prefetch(plane + f, 0, 2);
-      PoolBins(p, table, order, plane, K, W, range, out, argmax, taps.data());
+      PoolBins(p, table, plane, K, W, range, out, argmax, taps.data());
     }
   });
 }
@@ -462,7 +464,7 @@ void RoiAlignBackwardCpu(const AlignParams& p, const FeatureShape& fs, const flo
       const int ph0 = P > 1 ? plane_index / PW : 0, ph1 = P > 1 ? ph0 + 1 : PH;
       const int pw0 = P > 1 ? plane_index % PW : 0, pw1 = P > 1 ? pw0 + 1 : PW;
       const BinRange range{by_image.start[b], by_image.start[b + 1], ph0, ph1, pw0, pw1};
-      ScatterBins(p, table, order, plane, K, k0, lanes, KP, W, range, grad_out, argmax, taps.data());
+      ScatterBins(p, table, plane, K, k0, lanes, KP, W, range, grad_out, argmax, taps.data());
     }
   });
   if (!in_place) FromPlanes(gplanes, grad_features, fs, P, KP, pf);
