@@ -8,6 +8,8 @@ PKG_STAMP := $(VENV)/.lhrcnn-stamp
 OPS_LIB := lhrcnn/_lhrcnn_ops.so
 OPS_SOURCES := $(wildcard ops/kernels/*.h ops/kernels/*.cc)
 PYTEST_ARGS ?=
+# Parallel test workers (pytest-xdist): one per core, at most 4; TEST_WORKERS=0 runs in this process.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
 
 .PHONY: install ops test demo bench clean
 
@@ -32,7 +34,7 @@ ops: $(PKG_STAMP)
 	@$(PY) setup.py -q build_ops
 
 test: install
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS) tests
 
 demo: install
 	$(PY) scripts/run_main_job.py

@@ -28,4 +28,39 @@ def backend(request):
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: end-to-end tests that train for minutes (still run in CI)")
+    config.addinivalue_line("markers", "slow(seconds=N): end-to-end tests that train for minutes (still run in "
+                            "CI); N, about how long one takes on 2 cores, orders the parallel run")
+    config.addinivalue_line("markers", "xdist_group(name): run these tests in one pytest-xdist worker")
+
+
+def _uses_a_module_fixture(item):
+    defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+    return any(fixturedefs and fixturedefs[-1].scope == "module" for fixturedefs in defs.values())
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Units of work for parallel runs (`make test` runs pytest-xdist with --dist loadgroup). A unit
+    runs in one worker, in file order: the tests of a module, sharing its module fixtures, except a
+    slow test that uses no module fixture, which is a unit of its own; a module that shares costly
+    material otherwise (a module-level cache) names its own `xdist_group`. Units run costliest first
+    (the sum of their `slow` marks' `seconds`, a scheduling hint that nothing checks), so that no
+    long test starts last. Without xdist only the order changes."""
+    units = {}
+    for index, item in enumerate(items):
+        mark = item.get_closest_marker("slow")
+        group = item.get_closest_marker("xdist_group")
+        if group is not None:
+            unit = group.args[0] if group.args else group.kwargs.get("name", "default")
+        elif mark and not _uses_a_module_fixture(item):
+            unit = item.nodeid
+        else:
+            unit = item.module.__name__
+            item.add_marker(pytest.mark.xdist_group(unit))
+        first, cost = units.get(unit, (index, 0))
+        units[unit] = (first, cost + (mark.kwargs.get("seconds", 1) if mark else 0))
+        item.stash[_UNIT] = unit
+    items.sort(key=lambda item: (-units[item.stash[_UNIT]][1], units[item.stash[_UNIT]][0]))
+
+
+_UNIT = pytest.StashKey[str]()

@@ -122,7 +122,7 @@ def _workspace(tmp_path):
     return work
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=180)
 def test_the_readme_recipes_run_as_written(tmp_path):
     work = _workspace(tmp_path)
     models = tmp_path / "models"

@@ -23,7 +23,8 @@ THUNDERNET = os.path.join(ROOT, "experiments/lhrcnn/thundernet.snet146.synthetic
 SIZE = (128, 192)  # the eval size below: short 128, long at most 192, so a 128 x 192 image is not resized
 SMALL = dict(eval_image_short_size=128, eval_image_max_size=192, test_rpn_pre_nms_top_n=300,
              test_rpn_post_nms_top_n=40, test_max_detections=20)
-_cache = {}
+_cache = {}  # the model and its exports, made once and shared by the tests below
+pytestmark = pytest.mark.xdist_group("edge exports")  # so that a parallel run makes them once, too
 
 
 def _model(tmp_path_factory):
@@ -130,7 +131,7 @@ def test_letterbox_places_the_eval_resize_at_the_top_left():
 # ----------------------------------------------------------------------------- LiteRT and ONNX
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=25)
 @pytest.mark.parametrize("fmt", ["tflite", "onnx"])
 def test_float_export_gives_the_detectors_detections(fmt, tmp_path_factory):
     folder = _export(tmp_path_factory, fmt)
@@ -175,7 +176,7 @@ def test_detect_maps_boxes_back_to_the_image(tmp_path_factory):
     np.testing.assert_array_equal(classes_large[:top], classes_small[:top])
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=35)
 @pytest.mark.parametrize("quantize", ["float16", "dynamic", "int8"])
 def test_quantised_exports(quantize, tmp_path_factory):
     folder = _export(tmp_path_factory, "tflite", quantize)
@@ -294,7 +295,7 @@ def test_lhrcnn_test_evaluates_an_edge_model_with_the_coco_code(tmp_path_factory
     assert metrics["AR100"] == pytest.approx(evaluation.stats[8], abs=0.02)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=36)
 def test_ps_roi_pooling_converts_with_float32_sums(tmp_path_factory):
     """The PS-RoI-pooling twin sums in float64, which LiteRT lacks: the edge trace sums in
     float32, and the detections stay the detector's."""
@@ -313,7 +314,7 @@ def test_ps_roi_pooling_converts_with_float32_sums(tmp_path_factory):
     assert _matched(actual, expected, 1e-3) >= 0.9
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=26)
 def test_the_xception_light_head_converts(tmp_path_factory):
     m = export_fixtures.model(tmp_path_factory)
     folder = edge.export_edge(export_fixtures.SYNTHETIC, m["checkpoint"], str(tmp_path_factory.mktemp("x") / "x"),

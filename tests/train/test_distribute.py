@@ -37,7 +37,7 @@ def _equivalence(mode):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=23)
 def test_two_replicas_of_one_image_equal_one_device_with_two_frozen_bn():
     result = _equivalence("frozen_bn")
     assert result["max_rel_update"] > 1e-3, result  # the step moved the weights: equality is not trivial
@@ -45,7 +45,7 @@ def test_two_replicas_of_one_image_equal_one_device_with_two_frozen_bn():
     assert result["max_rel_diff"]["statistics"] == 0.0, result  # frozen: never updated
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=26)
 def test_two_replicas_equal_one_device_with_synchronised_batch_norm():
     """The thin map's trained BatchNorm synchronised (Keras BN, `synchronized`)."""
     result = _equivalence("sync_bn")
@@ -54,7 +54,7 @@ def test_two_replicas_equal_one_device_with_synchronised_batch_norm():
     assert result["max_rel_diff"]["statistics"] < 1e-5, result  # moving mean / variance of the global batch
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=30)
 def test_without_synchronisation_trained_batch_norm_differs():
     """The control: per-replica BN statistics (1 image) are not those of the 2-image batch."""
     result = _equivalence("unsynced_bn")
@@ -280,7 +280,7 @@ def _small_experiment(tmp_path):
                             train_batch_per_gpu=1)
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=40)
 def test_two_workers_end_with_identical_weights_and_a_restorable_checkpoint(tmp_path):
     from lhrcnn.detector import load_detector
     exp = _small_experiment(tmp_path)
@@ -300,7 +300,7 @@ def test_two_workers_end_with_identical_weights_and_a_restorable_checkpoint(tmp_
     assert distribute.model_fingerprint(detector) == prints[0]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=70)
 def test_a_killed_worker_is_recovered_by_restarting_the_job(tmp_path):
     exp = _small_experiment(tmp_path)
     output = str(tmp_path / "out")
