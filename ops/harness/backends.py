@@ -13,7 +13,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_BUILD = os.path.join(HERE, "build")
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 
 class SetupError(Exception):
@@ -57,10 +57,12 @@ GPU_SIGNATURES = {
     "hgpu_synchronize": (_I, []),
     "hgpu_validate_rois": (_I, [_P, _I, _I, _P, _P, _P, _P]),
     "hgpu_validate_argmax": (_I, [_P, _I64, _I, _P, _P, _P]),
-    "hgpu_roi_align_forward": (_I, _ALIGN_ARGS + [_P, _P, _I, _P, _P]),
-    "hgpu_roi_align_backward": (_I, _ALIGN_ARGS + [_P, _I, _P, _P, _P]),
-    "hgpu_ps_roi_pool_forward": (_I, [_I, _F, _I, _I, _I, _I, _P, _P, _I, _P]),
-    "hgpu_ps_roi_pool_backward": (_I, [_I, _F, _I, _I, _I, _I, _P, _I, _P, _P]),
+    "hgpu_roi_align_workspace_floats": (_I64, [_I, _I, _I, _I, _I, _I, _I]),
+    "hgpu_roi_align_forward": (_I, _ALIGN_ARGS + [_P, _P, _I, _P, _P, _P]),
+    "hgpu_roi_align_backward": (_I, _ALIGN_ARGS + [_P, _I, _P, _P, _P, _P]),
+    "hgpu_ps_roi_pool_workspace_floats": (_I64, [_I, _I, _I, _I, _I]),
+    "hgpu_ps_roi_pool_forward": (_I, [_I, _F, _I, _I, _I, _I, _P, _P, _I, _P, _P]),
+    "hgpu_ps_roi_pool_backward": (_I, [_I, _F, _I, _I, _I, _I, _P, _I, _P, _P, _P]),
     "hgpu_validate_nms": (_I, [_P, _P, _I64, _P, _P, _P, _P]),
     "hgpu_nms_workspace_bytes": (_SZ, [_I, _I]),
     "hgpu_nms": (_I, [_I, _F, _F, _F, _P, _P, _P, _I, _I, _P, _P, _P, _SZ]),
@@ -280,6 +282,17 @@ class GpuBackend:
             b.free()
         self.live = []
 
+    def workspace(self, spec, shape):
+        """The RoI-Align launchers' scratch for this map (None when they need none), filled with
+        garbage; pool_workspace, the PS-RoI pooling launchers'."""
+        floats = self.lib.hgpu_roi_align_workspace_floats(spec.pooled_h, spec.pooled_w, int(spec.position_sensitive),
+                                                          *shape)
+        return self.alloc(4 * floats, 0xFF) if floats else None
+
+    def pool_workspace(self, group, shape):
+        floats = self.lib.hgpu_ps_roi_pool_workspace_floats(group, *shape)
+        return self.alloc(4 * floats, 0xFF) if floats else None
+
     # kernels: every output is filled with garbage first (0xff = NaN / -1, 0x7f = huge) so a
     # launcher that leaves an element unwritten is caught.
     def roi_align_forward(self, spec, features, rois):
@@ -288,8 +301,10 @@ class GpuBackend:
         f, r = self.put(features), self.put(rois)
         out = self.alloc(4 * n, 0xFF)
         am = self.alloc(4 * n, 0x7F) if spec.max_pool else None
+        ws = self.workspace(spec, features.shape)
         self.check(self.lib.hgpu_roi_align_forward(*spec.args(features.shape), f.ptr, r.ptr, len(rois), out.ptr,
-                                                   am.ptr if am else None), "RoiAlignForwardGpu")
+                                                   am.ptr if am else None, ws.ptr if ws else None),
+                   "RoiAlignForwardGpu")
         self.sync("RoiAlignForwardGpu (sync)")
         return self.get(out, shape, np.float32), (self.get(am, shape, np.int32) if am else None)
 
@@ -298,8 +313,10 @@ class GpuBackend:
         am = self.put(argmax) if argmax is not None else None
         n = int(np.prod(shape))
         d = self.alloc(4 * n, 0xFF)
+        ws = self.workspace(spec, shape)
         self.check(self.lib.hgpu_roi_align_backward(*spec.args(shape), r.ptr, len(rois), g.ptr,
-                                                    am.ptr if am else None, d.ptr), "RoiAlignBackwardGpu")
+                                                    am.ptr if am else None, d.ptr, ws.ptr if ws else None),
+                   "RoiAlignBackwardGpu")
         self.sync("RoiAlignBackwardGpu (sync)")
         return self.get(d, shape, np.float32)
 
@@ -307,16 +324,18 @@ class GpuBackend:
         shape = (len(rois), group, group, features.shape[3] // (group * group))
         f, r = self.put(features), self.put(rois)
         out = self.alloc(4 * int(np.prod(shape)), 0xFF)
+        ws = self.pool_workspace(group, features.shape)
         self.check(self.lib.hgpu_ps_roi_pool_forward(group, scale, *features.shape, f.ptr, r.ptr, len(rois),
-                                                     out.ptr), "PsRoiPoolForwardGpu")
+                                                     out.ptr, ws.ptr if ws else None), "PsRoiPoolForwardGpu")
         self.sync("PsRoiPoolForwardGpu (sync)")
         return self.get(out, shape, np.float32)
 
     def ps_roi_pool_backward(self, group, scale, shape, rois, grad):
         r, g = self.put(rois), self.put(grad)
         d = self.alloc(4 * int(np.prod(shape)), 0xFF)
-        self.check(self.lib.hgpu_ps_roi_pool_backward(group, scale, *shape, r.ptr, len(rois), g.ptr, d.ptr),
-                   "PsRoiPoolBackwardGpu")
+        ws = self.pool_workspace(group, shape)
+        self.check(self.lib.hgpu_ps_roi_pool_backward(group, scale, *shape, r.ptr, len(rois), g.ptr, d.ptr,
+                                                      ws.ptr if ws else None), "PsRoiPoolBackwardGpu")
         self.sync("PsRoiPoolBackwardGpu (sync)")
         return self.get(d, shape, np.float32)
 

@@ -85,7 +85,7 @@ HARNESS_API int harness_has_cuda() {
 
 // Version of this C ABI (bumped when a signature changes), so the driver can detect a stale
 // library.
-HARNESS_API int harness_abi_version() { return 1; }
+HARNESS_API int harness_abi_version() { return 2; }
 
 // ------------------------------------------------------------------------------------------
 // CPU kernels (host pointers).
@@ -247,11 +247,12 @@ HARNESS_API int hgpu_roi_align_forward(int pooled_h, int pooled_w, int sample_h,
                                        float spatial_scale, int position_sensitive, int max_pool,
                                        int aligned, int batch, int height, int width,
                                        int channels, const float* features, const float* rois,
-                                       int num_rois, float* out, int32_t* argmax) {
+                                       int num_rois, float* out, int32_t* argmax,
+                                       float* workspace) {
   const auto p = MakeAlign(pooled_h, pooled_w, sample_h, sample_w, spatial_scale,
                            position_sensitive, max_pool, aligned);
   return lhrcnn::RoiAlignForwardGpu(p, MakeShape(batch, height, width, channels), features, rois,
-                                    num_rois, out, argmax, nullptr);
+                                    num_rois, out, argmax, workspace, nullptr);
 }
 
 HARNESS_API int hgpu_roi_align_backward(int pooled_h, int pooled_w, int sample_h, int sample_w,
@@ -259,28 +260,42 @@ HARNESS_API int hgpu_roi_align_backward(int pooled_h, int pooled_w, int sample_h
                                         int aligned, int batch, int height, int width,
                                         int channels, const float* rois, int num_rois,
                                         const float* grad_out, const int32_t* argmax,
-                                        float* grad_features) {
+                                        float* grad_features, float* workspace) {
   const auto p = MakeAlign(pooled_h, pooled_w, sample_h, sample_w, spatial_scale,
                            position_sensitive, max_pool, aligned);
   return lhrcnn::RoiAlignBackwardGpu(p, MakeShape(batch, height, width, channels), rois, num_rois,
-                                     grad_out, argmax, grad_features, nullptr);
+                                     grad_out, argmax, grad_features, workspace, nullptr);
+}
+
+// Floats of device scratch hgpu_roi_align_forward / _backward need (0: pass null).
+HARNESS_API int64_t hgpu_roi_align_workspace_floats(int pooled_h, int pooled_w, int position_sensitive,
+                                                    int batch, int height, int width, int channels) {
+  const auto p = MakeAlign(pooled_h, pooled_w, 1, 1, 1.f, position_sensitive, 1, 0);
+  return lhrcnn::RoiAlignGpuWorkspace(p, MakeShape(batch, height, width, channels));
 }
 
 HARNESS_API int hgpu_ps_roi_pool_forward(int group, float spatial_scale, int batch, int height,
                                          int width, int channels, const float* features,
-                                         const float* rois, int num_rois, float* out) {
+                                         const float* rois, int num_rois, float* out,
+                                         float* workspace) {
   return lhrcnn::PsRoiPoolForwardGpu(MakePsPool(group, spatial_scale),
                                      MakeShape(batch, height, width, channels), features, rois,
-                                     num_rois, out, nullptr);
+                                     num_rois, out, workspace, nullptr);
 }
 
 HARNESS_API int hgpu_ps_roi_pool_backward(int group, float spatial_scale, int batch, int height,
                                           int width, int channels, const float* rois,
                                           int num_rois, const float* grad_out,
-                                          float* grad_features) {
+                                          float* grad_features, float* workspace) {
   return lhrcnn::PsRoiPoolBackwardGpu(MakePsPool(group, spatial_scale),
                                       MakeShape(batch, height, width, channels), rois, num_rois,
-                                      grad_out, grad_features, nullptr);
+                                      grad_out, grad_features, workspace, nullptr);
+}
+
+// Floats of device scratch hgpu_ps_roi_pool_forward / _backward need.
+HARNESS_API int64_t hgpu_ps_roi_pool_workspace_floats(int group, int batch, int height, int width,
+                                                      int channels) {
+  return lhrcnn::PsRoiPoolGpuWorkspace(MakePsPool(group, 1.f), MakeShape(batch, height, width, channels));
 }
 
 HARNESS_API int hgpu_validate_nms(const float* boxes, const float* scores, int64_t n,

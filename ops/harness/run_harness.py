@@ -688,16 +688,20 @@ class Harness:
                 d = gpu.alloc(4 * int(np.prod(shape)))
                 args = spec.args(shape)
                 amp = am.ptr if spec.max_pool else None
-                timeit(f"{tag}_forward", lambda: lib.hgpu_roi_align_forward(*args, f.ptr, r.ptr, 2000, out.ptr, amp))
+                ws = gpu.workspace(spec, shape)
+                wsp = ws.ptr if ws else None
+                timeit(f"{tag}_forward",
+                       lambda: lib.hgpu_roi_align_forward(*args, f.ptr, r.ptr, 2000, out.ptr, amp, wsp))
                 timeit(f"{tag}_backward",
-                       lambda: lib.hgpu_roi_align_backward(*args, r.ptr, 2000, grad.ptr, amp, d.ptr))
+                       lambda: lib.hgpu_roi_align_backward(*args, r.ptr, 2000, grad.ptr, amp, d.ptr, wsp))
             n = 2000 * 49 * 10
             out, grad = gpu.alloc(4 * n), gpu.put(np.ones(n, np.float32))
             d = gpu.alloc(4 * int(np.prod(shape)))
+            ws = gpu.pool_workspace(7, shape)
             timeit("ps_roi_pool_forward",
-                   lambda: lib.hgpu_ps_roi_pool_forward(7, 1.0 / 16, *shape, f.ptr, r.ptr, 2000, out.ptr))
+                   lambda: lib.hgpu_ps_roi_pool_forward(7, 1.0 / 16, *shape, f.ptr, r.ptr, 2000, out.ptr, ws.ptr))
             timeit("ps_roi_pool_backward",
-                   lambda: lib.hgpu_ps_roi_pool_backward(7, 1.0 / 16, *shape, r.ptr, 2000, grad.ptr, d.ptr))
+                   lambda: lib.hgpu_ps_roi_pool_backward(7, 1.0 / 16, *shape, r.ptr, 2000, grad.ptr, d.ptr, ws.ptr))
             scratch, idx, code, row = gpu.alloc(4), ctypes.c_int(0), ctypes.c_int(0), np.zeros(5, np.float32)
             timeit("validate_rois_2000", lambda: lib.hgpu_validate_rois(r.ptr, 2000, 1, scratch.ptr, ctypes.byref(idx),
                                                                         ctypes.byref(code), ptr(row)))

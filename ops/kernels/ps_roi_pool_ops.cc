@@ -46,8 +46,12 @@ class PsRoiPoolOp : public OpKernel {
     if constexpr (kGpu) {
 #if LHRCNN_WITH_CUDA
       OP_REQUIRES_OK(ctx, tfglue::CheckRoisGpu(ctx, op, rois, fs.batch));
+      Tensor workspace;
+      OP_REQUIRES_OK(ctx, ctx->allocate_temp(::tensorflow::DT_FLOAT,
+                                             TensorShape({PsRoiPoolGpuWorkspace(p_, fs)}), &workspace));
       const int e = PsRoiPoolForwardGpu(p_, fs, features.flat<float>().data(), rois.flat<float>().data(),
-                                        num_rois, out->flat<float>().data(), tfglue::GpuStream(ctx));
+                                        num_rois, out->flat<float>().data(), workspace.flat<float>().data(),
+                                        tfglue::GpuStream(ctx));
       OP_REQUIRES(ctx, e == 0, errors::Internal(op, ": CUDA error: ", CudaErrorString(e)));
 #endif
     } else {
@@ -89,9 +93,12 @@ class PsRoiPoolGradOp : public OpKernel {
 #if LHRCNN_WITH_CUDA
       OP_REQUIRES_OK(ctx, tfglue::RequireNondeterminismAllowed(op));
       OP_REQUIRES_OK(ctx, tfglue::CheckRoisGpu(ctx, op, rois, fs.batch));
+      Tensor workspace;
+      OP_REQUIRES_OK(ctx, ctx->allocate_temp(::tensorflow::DT_FLOAT,
+                                             TensorShape({PsRoiPoolGpuWorkspace(p_, fs)}), &workspace));
       const int e = PsRoiPoolBackwardGpu(p_, fs, rois.flat<float>().data(), num_rois,
-                                         grad.flat<float>().data(),
-                                         grad_features->flat<float>().data(), tfglue::GpuStream(ctx));
+                                         grad.flat<float>().data(), grad_features->flat<float>().data(),
+                                         workspace.flat<float>().data(), tfglue::GpuStream(ctx));
       OP_REQUIRES(ctx, e == 0, errors::Internal(op, ": CUDA error: ", CudaErrorString(e)));
 #endif
     } else {

@@ -99,9 +99,12 @@ class AlignOp : public OpKernel {
     if constexpr (kGpu) {
 #if LHRCNN_WITH_CUDA
       OP_REQUIRES_OK(ctx, tfglue::CheckRoisGpu(ctx, op, rois, fs.batch));
+      Tensor workspace;
+      OP_REQUIRES_OK(ctx, ctx->allocate_temp(::tensorflow::DT_FLOAT,
+                                             TensorShape({RoiAlignGpuWorkspace(p_, fs)}), &workspace));
       const int e = RoiAlignForwardGpu(p_, fs, features.flat<float>().data(), rois.flat<float>().data(),
                                        num_rois, out->flat<float>().data(), argmax_data,
-                                       tfglue::GpuStream(ctx));
+                                       workspace.flat<float>().data(), tfglue::GpuStream(ctx));
       OP_REQUIRES(ctx, e == 0, errors::Internal(op, ": CUDA error: ", CudaErrorString(e)));
 #endif
     } else {
@@ -150,9 +153,13 @@ class AlignGradOp : public OpKernel {
       OP_REQUIRES_OK(ctx, tfglue::RequireNondeterminismAllowed(op));
       OP_REQUIRES_OK(ctx, tfglue::CheckRoisGpu(ctx, op, rois, fs.batch));
       if (p_.max_pool) OP_REQUIRES_OK(ctx, tfglue::CheckArgmaxGpu(ctx, op, argmax, p_.samples()));
+      Tensor workspace;
+      OP_REQUIRES_OK(ctx, ctx->allocate_temp(::tensorflow::DT_FLOAT,
+                                             TensorShape({RoiAlignGpuWorkspace(p_, fs)}), &workspace));
       const int e = RoiAlignBackwardGpu(p_, fs, rois.flat<float>().data(), num_rois,
                                         grad.flat<float>().data(), argmax_data,
-                                        grad_features->flat<float>().data(), tfglue::GpuStream(ctx));
+                                        grad_features->flat<float>().data(), workspace.flat<float>().data(),
+                                        tfglue::GpuStream(ctx));
       OP_REQUIRES(ctx, e == 0, errors::Internal(op, ": CUDA error: ", CudaErrorString(e)));
 #endif
     } else {

@@ -1,8 +1,15 @@
 // CUDA kernels of the RoI pooling family and their framework-free launchers (see
-// roi_pooling.h). One thread per output element on NHWC data; backward passes accumulate with
+// roi_pooling.h). One thread per output element; backward passes accumulate with
 // atomicAdd after zeroing the gradient. Sampling and interpolation come from common.h, shared
 // with the CPU kernels. Compiled with -fmad=false so results match the CPU to the last bit
 // wherever the summation order is the same.
+//
+// The position-sensitive kernels (PS-RoI-Align, PS-RoI pooling) work on a plane-major copy of
+// the thin map, [B, P, H, W, K] (P = PH * PW bins, K = C / P), as the CPU kernels do: in NHWC the
+// K channels of one bin lie P floats apart, so the adjacent threads of a warp (adjacent k) would
+// each read their own sector; in planes they read K contiguous floats. The forward passes
+// transpose into the workspace first, the backward passes accumulate into it and transpose back.
+// Index arithmetic is 32-bit when the output count fits.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -18,6 +25,12 @@ constexpr int kThreads = 256;
 inline int Blocks(int64_t n) {
   int64_t b = (n + kThreads - 1) / kThreads;
   return static_cast<int>(b < 65535LL * 64 ? b : 65535LL * 64);
+}
+
+// Whether a grid-stride loop over `total` outputs keeps every index (i + stride) below 2^31, so
+// that its index arithmetic can be 32-bit.
+inline bool Fits32(int64_t total) {
+  return total + static_cast<int64_t>(kThreads) * Blocks(total) <= 0x7fffffffLL;
 }
 
 #define LHRCNN_GRID_LOOP(i, n)                                                        \
@@ -58,31 +71,119 @@ __device__ __forceinline__ void Scatter(float* image, int width, int channels, i
   if (w4 != 0.f) atomicAdd(image + (rhi + tx.hi) * channels + c, w4 * g);
 }
 
+template <typename Index>
 struct OutIndex {
-  int64_t r;
+  Index r;
   int ph, pw, k, c;
 };
 
-__device__ __forceinline__ OutIndex Decompose(int64_t i, const AlignParams& p, int K) {
-  OutIndex o;
-  o.k = static_cast<int>(i % K);
-  int64_t t = i / K;
-  o.pw = static_cast<int>(t % p.pooled_w);
-  t /= p.pooled_w;
-  o.ph = static_cast<int>(t % p.pooled_h);
-  o.r = t / p.pooled_h;
+// Output element i = ((r * PH + ph) * PW + pw) * K + k; c is its channel in the NHWC map.
+template <typename Index>
+__device__ __forceinline__ OutIndex<Index> Decompose(Index i, const AlignParams& p, int K) {
+  OutIndex<Index> o;
+  Index t = i / K;
+  o.k = static_cast<int>(i - t * K);
+  Index u = t / p.pooled_w;
+  o.pw = static_cast<int>(t - u * p.pooled_w);
+  o.r = u / p.pooled_h;
+  o.ph = static_cast<int>(u - o.r * p.pooled_h);
   o.c = p.position_sensitive ? o.k * p.planes() + o.ph * p.pooled_w + o.pw : o.k;
   return o;
 }
 
-__global__ void RoiAlignForwardKernel(AlignParams p, FeatureShape fs, const float* features,
-                                      const float* rois, int64_t total, float* out,
+// The map (or its gradient) a thread of output o reads (or adds to), as (base, row stride in
+// floats per pixel, channel): NHWC for RoIAlign; the bin's plane of the plane-major copy for
+// PS-RoI-Align.
+struct MapView {
+  const float* base;
+  int channels, c;
+};
+
+template <typename Index>
+__device__ __forceinline__ MapView ViewOf(const float* data, const OutIndex<Index>& o, int b,
+                                          const AlignParams& p, const FeatureShape& fs, int K) {
+  const int64_t pixels = static_cast<int64_t>(fs.height) * fs.width;
+  if (!p.position_sensitive) return {data + b * pixels * fs.channels, fs.channels, o.c};
+  const int64_t plane = static_cast<int64_t>(b) * p.planes() + o.ph * p.pooled_w + o.pw;
+  return {data + plane * pixels * K, K, o.k};
+}
+
+// NHWC [B, H, W, K * P] (channel k * P + q) <-> planes [B, P, H, W, K], a block per run of
+// `tile` pixels: the run's channels are contiguous in NHWC and its bins' K-vectors contiguous in
+// each plane, so both sides move whole sectors; kShared stages the run in shared memory (when
+// tile * C floats fit), otherwise the strided side reads or writes global memory directly.
+template <bool kToPlanes, bool kShared>
+__global__ void TransposePlanesKernel(const float* src, float* dst, int64_t num_pixels,
+                                      int64_t pixels_per_image, int P, int K, int tile) {
+  extern __shared__ float staged[];
+  const int C = P * K;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * tile;
+  if (n0 >= num_pixels) return;
+  const int count = static_cast<int>(num_pixels - n0 < tile ? num_pixels - n0 : tile);
+  const int contiguous = count * C;
+  if (kToPlanes && kShared) {
+    for (int j = threadIdx.x; j < contiguous; j += blockDim.x) staged[j] = src[n0 * C + j];
+    __syncthreads();
+  }
+  for (int j = threadIdx.x; j < contiguous; j += blockDim.x) {
+    // j enumerates (q, pixel, k), k fastest: the plane-side order
+    const int k = j % K, t = j / K, pixel = t % count, q = t / count;
+    const int64_t n = n0 + pixel, b = n / pixels_per_image, in_image = n - b * pixels_per_image;
+    const int64_t planar = ((b * P + q) * pixels_per_image + in_image) * K + k;
+    const int nhwc = pixel * C + k * P + q;  // within the run
+    if (kToPlanes) {
+      dst[planar] = kShared ? staged[nhwc] : src[n0 * C + nhwc];
+    } else if (kShared) {
+      staged[nhwc] = src[planar];
+    } else {
+      dst[n0 * C + nhwc] = src[planar];
+    }
+  }
+  if (!kToPlanes && kShared) {
+    __syncthreads();
+    for (int j = threadIdx.x; j < contiguous; j += blockDim.x) dst[n0 * C + j] = staged[j];
+  }
+}
+
+constexpr int kTransposeSharedFloats = 12 * 1024;  // 48 KB, the default per-block limit
+
+cudaError_t TransposePlanes(bool to_planes, const float* src, float* dst, const FeatureShape& fs,
+                            int P, cudaStream_t s) {
+  const int K = fs.channels / P;
+  const int64_t pixels_per_image = static_cast<int64_t>(fs.height) * fs.width;
+  const int64_t num_pixels = fs.batch * pixels_per_image;
+  if (num_pixels == 0) return cudaSuccess;
+  const bool shared = fs.channels <= kTransposeSharedFloats;
+  // a run of pixels per block: up to the shared budget, and at least a block's worth of floats
+  int tile = shared ? kTransposeSharedFloats / fs.channels
+                    : (kThreads + fs.channels - 1) / fs.channels;
+  if (tile < 1) tile = 1;
+  const int64_t blocks = (num_pixels + tile - 1) / tile;
+  if (blocks > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
+  const size_t smem = shared ? sizeof(float) * tile * fs.channels : 0;
+  const dim3 grid(static_cast<unsigned>(blocks));
+  const auto launch = [&](auto kernel, size_t bytes) {
+    kernel<<<grid, kThreads, bytes, s>>>(src, dst, num_pixels, pixels_per_image, P, K, tile);
+  };
+  if (to_planes) {
+    shared ? launch(TransposePlanesKernel<true, true>, smem) : launch(TransposePlanesKernel<true, false>, 0);
+  } else {
+    shared ? launch(TransposePlanesKernel<false, true>, smem) : launch(TransposePlanesKernel<false, false>, 0);
+  }
+  return cudaGetLastError();
+}
+
+// `map` is the NHWC features (RoIAlign) or their plane-major copy (PS-RoI-Align).
+template <typename Index>
+__global__ void RoiAlignForwardKernel(AlignParams p, FeatureShape fs, const float* map,
+                                      const float* rois, Index total, float* out,
                                       int32_t* argmax) {
   const int K = p.position_sensitive ? fs.channels / p.planes() : fs.channels;
   const float offset = p.aligned ? 0.5f : 0.f;
-  LHRCNN_GRID_LOOP(i, total) {
-    const OutIndex o = Decompose(i, p, K);
-    const float* roi = rois + 5 * o.r;
+  for (Index i = blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<Index>(blockDim.x) * gridDim.x) {
+    const OutIndex<Index> o = Decompose(i, p, K);
+    const float* roi = rois + 5 * static_cast<int64_t>(o.r);
     const int b = static_cast<int>(roi[0]);
     if (b < 0 || b >= fs.batch) {  // validated before launch; never read out of bounds
       out[i] = 0.f;
@@ -90,7 +191,7 @@ __global__ void RoiAlignForwardKernel(AlignParams p, FeatureShape fs, const floa
       continue;
     }
     const AlignGeometry g = MakeAlignGeometry(roi, p.spatial_scale, p.pooled_h, p.pooled_w, offset);
-    const float* image = features + static_cast<int64_t>(b) * fs.height * fs.width * fs.channels;
+    const MapView v = ViewOf(map, o, b, p, fs, K);
     float best = 0.f;
     int best_s = 0;
     for (int iy = 0; iy < p.sample_h; ++iy) {
@@ -99,17 +200,17 @@ __global__ void RoiAlignForwardKernel(AlignParams p, FeatureShape fs, const floa
       for (int ix = 0; ix < p.sample_w; ++ix) {
         const AxisTap tx =
             MakeAxisTap(g.xs + g.bw * SampleFraction(o.pw, ix, p.sample_w), fs.width);
-        const float v = Sample(image, fs.width, fs.channels, o.c, ty, tx);
+        const float value = Sample(v.base, fs.width, v.channels, v.c, ty, tx);
         const int s = iy * p.sample_w + ix;
         if (s == 0) {
-          best = v;
+          best = value;
         } else if (p.max_pool) {
-          if (v > best) {
-            best = v;
+          if (value > best) {
+            best = value;
             best_s = s;
           }
         } else {
-          best += v;
+          best += value;
         }
       }
     }
@@ -118,24 +219,28 @@ __global__ void RoiAlignForwardKernel(AlignParams p, FeatureShape fs, const floa
   }
 }
 
+// `grad_map` is the NHWC gradient (RoIAlign) or its plane-major copy (PS-RoI-Align), zeroed.
+template <typename Index>
 __global__ void RoiAlignBackwardKernel(AlignParams p, FeatureShape fs, const float* rois,
-                                       int64_t total, const float* grad_out,
-                                       const int32_t* argmax, float* grad_features) {
+                                       Index total, const float* grad_out,
+                                       const int32_t* argmax, float* grad_map) {
   const int K = p.position_sensitive ? fs.channels / p.planes() : fs.channels;
   const float offset = p.aligned ? 0.5f : 0.f;
-  LHRCNN_GRID_LOOP(i, total) {
-    const OutIndex o = Decompose(i, p, K);
-    const float* roi = rois + 5 * o.r;
+  for (Index i = blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<Index>(blockDim.x) * gridDim.x) {
+    const OutIndex<Index> o = Decompose(i, p, K);
+    const float* roi = rois + 5 * static_cast<int64_t>(o.r);
     const int b = static_cast<int>(roi[0]);
     if (b < 0 || b >= fs.batch) continue;
     const AlignGeometry g = MakeAlignGeometry(roi, p.spatial_scale, p.pooled_h, p.pooled_w, offset);
-    float* image = grad_features + static_cast<int64_t>(b) * fs.height * fs.width * fs.channels;
+    const MapView v = ViewOf(grad_map, o, b, p, fs, K);
+    float* image = const_cast<float*>(v.base);
     if (p.max_pool) {
       const int s = argmax[i];
-      const int iy = s / p.sample_w, ix = s % p.sample_w;
+      const int iy = s / p.sample_w, ix = s - iy * p.sample_w;
       const AxisTap ty = MakeAxisTap(g.ys + g.bh * SampleFraction(o.ph, iy, p.sample_h), fs.height);
       const AxisTap tx = MakeAxisTap(g.xs + g.bw * SampleFraction(o.pw, ix, p.sample_w), fs.width);
-      Scatter(image, fs.width, fs.channels, o.c, ty, tx, grad_out[i]);
+      Scatter(image, fs.width, v.channels, v.c, ty, tx, grad_out[i]);
     } else {
       const float gs = grad_out[i] / static_cast<float>(p.samples());
       for (int iy = 0; iy < p.sample_h; ++iy) {
@@ -144,63 +249,69 @@ __global__ void RoiAlignBackwardKernel(AlignParams p, FeatureShape fs, const flo
         for (int ix = 0; ix < p.sample_w; ++ix) {
           const AxisTap tx =
               MakeAxisTap(g.xs + g.bw * SampleFraction(o.pw, ix, p.sample_w), fs.width);
-          Scatter(image, fs.width, fs.channels, o.c, ty, tx, gs);
+          Scatter(image, fs.width, v.channels, v.c, ty, tx, gs);
         }
       }
     }
   }
 }
 
-__global__ void PsRoiPoolForwardKernel(PsPoolParams p, FeatureShape fs, const float* features,
-                                       const float* rois, int64_t total, float* out) {
+// PS-RoI pooling on the plane-major copy of the map: plane q = ph * G + pw of image b holds the
+// K channels (k * G + ph) * G + pw of the NHWC map, i.e. k * G^2 + q, as for PS-RoI-Align.
+template <typename Index>
+__global__ void PsRoiPoolForwardKernel(PsPoolParams p, FeatureShape fs, const float* planes,
+                                       const float* rois, Index total, float* out) {
   const int G = p.group, K = fs.channels / (G * G);
-  LHRCNN_GRID_LOOP(i, total) {
-    const int k = static_cast<int>(i % K);
-    int64_t t = i / K;
-    const int pw = static_cast<int>(t % G);
-    t /= G;
-    const int ph = static_cast<int>(t % G);
-    const int64_t r = t / G;
-    const float* roi = rois + 5 * r;
+  const int64_t pixels = static_cast<int64_t>(fs.height) * fs.width;
+  for (Index i = blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<Index>(blockDim.x) * gridDim.x) {
+    Index t = i / K;
+    const int k = static_cast<int>(i - t * K);
+    Index u = t / G;
+    const int pw = static_cast<int>(t - u * G);
+    const Index r = u / G;
+    const int ph = static_cast<int>(u - r * G);
+    const float* roi = rois + 5 * static_cast<int64_t>(r);
     const int b = static_cast<int>(roi[0]);
     const PoolBin bin = MakePoolBin(roi, p.spatial_scale, G, ph, pw, fs.height, fs.width);
     if (b < 0 || b >= fs.batch || bin.hend <= bin.hstart || bin.wend <= bin.wstart) {
       out[i] = 0.f;
       continue;
     }
-    const int c = (k * G + ph) * G + pw;
-    const float* image = features + static_cast<int64_t>(b) * fs.height * fs.width * fs.channels;
+    const float* plane = planes + ((static_cast<int64_t>(b) * G + ph) * G + pw) * pixels * K;
     double acc = 0.0;
     for (int h = bin.hstart; h < bin.hend; ++h)
       for (int w = bin.wstart; w < bin.wend; ++w)
-        acc += image[(static_cast<int64_t>(h) * fs.width + w) * fs.channels + c];
+        acc += plane[(static_cast<int64_t>(h) * fs.width + w) * K + k];
     const int64_t area = static_cast<int64_t>(bin.hend - bin.hstart) * (bin.wend - bin.wstart);
     out[i] = static_cast<float>(acc / area);
   }
 }
 
+// Adds into the zeroed plane-major gradient.
+template <typename Index>
 __global__ void PsRoiPoolBackwardKernel(PsPoolParams p, FeatureShape fs, const float* rois,
-                                        int64_t total, const float* grad_out,
-                                        float* grad_features) {
+                                        Index total, const float* grad_out, float* grad_planes) {
   const int G = p.group, K = fs.channels / (G * G);
-  LHRCNN_GRID_LOOP(i, total) {
-    const int k = static_cast<int>(i % K);
-    int64_t t = i / K;
-    const int pw = static_cast<int>(t % G);
-    t /= G;
-    const int ph = static_cast<int>(t % G);
-    const int64_t r = t / G;
-    const float* roi = rois + 5 * r;
+  const int64_t pixels = static_cast<int64_t>(fs.height) * fs.width;
+  for (Index i = blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<Index>(blockDim.x) * gridDim.x) {
+    Index t = i / K;
+    const int k = static_cast<int>(i - t * K);
+    Index u = t / G;
+    const int pw = static_cast<int>(t - u * G);
+    const Index r = u / G;
+    const int ph = static_cast<int>(u - r * G);
+    const float* roi = rois + 5 * static_cast<int64_t>(r);
     const int b = static_cast<int>(roi[0]);
     const PoolBin bin = MakePoolBin(roi, p.spatial_scale, G, ph, pw, fs.height, fs.width);
     if (b < 0 || b >= fs.batch || bin.hend <= bin.hstart || bin.wend <= bin.wstart) continue;
-    const int c = (k * G + ph) * G + pw;
-    float* image = grad_features + static_cast<int64_t>(b) * fs.height * fs.width * fs.channels;
+    float* plane = grad_planes + ((static_cast<int64_t>(b) * G + ph) * G + pw) * pixels * K;
     const float area = static_cast<float>(static_cast<int64_t>(bin.hend - bin.hstart) * (bin.wend - bin.wstart));
     const float g = grad_out[i] / area;
     for (int h = bin.hstart; h < bin.hend; ++h)
       for (int w = bin.wstart; w < bin.wend; ++w)
-        atomicAdd(image + (static_cast<int64_t>(h) * fs.width + w) * fs.channels + c, g);
+        atomicAdd(plane + (static_cast<int64_t>(h) * fs.width + w) * K + k, g);
   }
 }
 
@@ -264,48 +375,91 @@ int ValidateArgmaxGpu(const int32_t* argmax, int64_t n, int samples, unsigned lo
   return 0;
 }
 
+int64_t RoiAlignGpuWorkspace(const AlignParams& p, const FeatureShape& fs) {
+  return p.position_sensitive ? FeatureSize(fs) : 0;
+}
+
 int RoiAlignForwardGpu(const AlignParams& p, const FeatureShape& fs, const float* features,
                        const float* rois, int num_rois, float* out, int32_t* argmax,
-                       void* stream) {
+                       float* workspace, void* stream) {
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
   const int64_t total = NumOutputs(p, fs, num_rois);
   if (total == 0) return 0;
-  RoiAlignForwardKernel<<<Blocks(total), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-      p, fs, features, rois, total, out, argmax);
+  const float* map = features;
+  if (p.position_sensitive) {
+    const cudaError_t e = TransposePlanes(true, features, workspace, fs, p.planes(), s);
+    if (e != cudaSuccess) return e;
+    map = workspace;
+  }
+  // 32-bit index arithmetic whenever the outputs (and so every i + stride) stay below 2^31
+  if (Fits32(total)) {
+    RoiAlignForwardKernel<int><<<Blocks(total), kThreads, 0, s>>>(p, fs, map, rois, static_cast<int>(total), out,
+                                                                  argmax);
+  } else {
+    RoiAlignForwardKernel<int64_t><<<Blocks(total), kThreads, 0, s>>>(p, fs, map, rois, total, out, argmax);
+  }
   return cudaGetLastError();
 }
 
 int RoiAlignBackwardGpu(const AlignParams& p, const FeatureShape& fs, const float* rois,
                         int num_rois, const float* grad_out, const int32_t* argmax,
-                        float* grad_features, void* stream) {
+                        float* grad_features, float* workspace, void* stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  cudaError_t e = cudaMemsetAsync(grad_features, 0, sizeof(float) * FeatureSize(fs), s);
+  float* grad_map = p.position_sensitive ? workspace : grad_features;
+  cudaError_t e = cudaMemsetAsync(grad_map, 0, sizeof(float) * FeatureSize(fs), s);
   if (e != cudaSuccess) return e;
   const int64_t total = NumOutputs(p, fs, num_rois);
-  if (total == 0) return 0;
-  RoiAlignBackwardKernel<<<Blocks(total), kThreads, 0, s>>>(p, fs, rois, total, grad_out, argmax,
-                                                            grad_features);
-  return cudaGetLastError();
+  if (total > 0) {
+    if (Fits32(total)) {
+      RoiAlignBackwardKernel<int><<<Blocks(total), kThreads, 0, s>>>(p, fs, rois, static_cast<int>(total), grad_out,
+                                                                     argmax, grad_map);
+    } else {
+      RoiAlignBackwardKernel<int64_t><<<Blocks(total), kThreads, 0, s>>>(p, fs, rois, total, grad_out, argmax,
+                                                                         grad_map);
+    }
+    e = cudaGetLastError();
+    if (e != cudaSuccess) return e;
+  }
+  if (p.position_sensitive) return TransposePlanes(false, workspace, grad_features, fs, p.planes(), s);
+  return 0;
 }
 
+int64_t PsRoiPoolGpuWorkspace(const PsPoolParams& p, const FeatureShape& fs) { return FeatureSize(fs); }
+
 int PsRoiPoolForwardGpu(const PsPoolParams& p, const FeatureShape& fs, const float* features,
-                        const float* rois, int num_rois, float* out, void* stream) {
+                        const float* rois, int num_rois, float* out, float* workspace, void* stream) {
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
   const int64_t total = static_cast<int64_t>(num_rois) * fs.channels;  // R * G * G * K
   if (total == 0) return 0;
-  PsRoiPoolForwardKernel<<<Blocks(total), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
-      p, fs, features, rois, total, out);
+  const cudaError_t e = TransposePlanes(true, features, workspace, fs, p.group * p.group, s);
+  if (e != cudaSuccess) return e;
+  if (Fits32(total)) {
+    PsRoiPoolForwardKernel<int><<<Blocks(total), kThreads, 0, s>>>(p, fs, workspace, rois, static_cast<int>(total),
+                                                                   out);
+  } else {
+    PsRoiPoolForwardKernel<int64_t><<<Blocks(total), kThreads, 0, s>>>(p, fs, workspace, rois, total, out);
+  }
   return cudaGetLastError();
 }
 
 int PsRoiPoolBackwardGpu(const PsPoolParams& p, const FeatureShape& fs, const float* rois,
-                         int num_rois, const float* grad_out, float* grad_features, void* stream) {
+                         int num_rois, const float* grad_out, float* grad_features, float* workspace,
+                         void* stream) {
   cudaStream_t s = static_cast<cudaStream_t>(stream);
-  cudaError_t e = cudaMemsetAsync(grad_features, 0, sizeof(float) * FeatureSize(fs), s);
+  cudaError_t e = cudaMemsetAsync(workspace, 0, sizeof(float) * FeatureSize(fs), s);
   if (e != cudaSuccess) return e;
   const int64_t total = static_cast<int64_t>(num_rois) * fs.channels;
-  if (total == 0) return 0;
-  PsRoiPoolBackwardKernel<<<Blocks(total), kThreads, 0, s>>>(p, fs, rois, total, grad_out,
-                                                             grad_features);
-  return cudaGetLastError();
+  if (total > 0) {
+    if (Fits32(total)) {
+      PsRoiPoolBackwardKernel<int><<<Blocks(total), kThreads, 0, s>>>(p, fs, rois, static_cast<int>(total),
+                                                                      grad_out, workspace);
+    } else {
+      PsRoiPoolBackwardKernel<int64_t><<<Blocks(total), kThreads, 0, s>>>(p, fs, rois, total, grad_out, workspace);
+    }
+    e = cudaGetLastError();
+    if (e != cudaSuccess) return e;
+  }
+  return TransposePlanes(false, workspace, grad_features, fs, p.group * p.group, s);
 }
 
 }  // namespace lhrcnn

@@ -78,16 +78,22 @@ int ValidateRoisGpu(const float* rois, int num_rois, int batch, int* scratch, in
 // one unsigned long long.
 int ValidateArgmaxGpu(const int32_t* argmax, int64_t n, int samples, unsigned long long* scratch,
                       int64_t* bad_index, int32_t* bad_value, void* stream);
+// Floats of device scratch the RoI-Align launchers need: the plane-major copy of the map for
+// PS-RoI-Align, none for RoIAlign (`workspace` may then be null).
+int64_t RoiAlignGpuWorkspace(const AlignParams& p, const FeatureShape& fs);
 int RoiAlignForwardGpu(const AlignParams& p, const FeatureShape& fs, const float* features,
                        const float* rois, int num_rois, float* out, int32_t* argmax,
-                       void* stream);
+                       float* workspace, void* stream);
 int RoiAlignBackwardGpu(const AlignParams& p, const FeatureShape& fs, const float* rois,
                         int num_rois, const float* grad_out, const int32_t* argmax,
-                        float* grad_features, void* stream);
+                        float* grad_features, float* workspace, void* stream);
+// Floats of device scratch the PS-RoI pooling launchers need (the plane-major copy of the map).
+int64_t PsRoiPoolGpuWorkspace(const PsPoolParams& p, const FeatureShape& fs);
 int PsRoiPoolForwardGpu(const PsPoolParams& p, const FeatureShape& fs, const float* features,
-                        const float* rois, int num_rois, float* out, void* stream);
+                        const float* rois, int num_rois, float* out, float* workspace, void* stream);
 int PsRoiPoolBackwardGpu(const PsPoolParams& p, const FeatureShape& fs, const float* rois,
-                         int num_rois, const float* grad_out, float* grad_features, void* stream);
+                         int num_rois, const float* grad_out, float* grad_features, float* workspace,
+                         void* stream);
 
 }  // namespace lhrcnn
 

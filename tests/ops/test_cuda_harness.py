@@ -30,7 +30,8 @@ GPU_SYMBOLS = [
     "hgpu_device_count", "hgpu_device_name", "hgpu_device_capability", "hgpu_runtime_version",
     "hgpu_driver_version", "hgpu_error_string", "hgpu_last_error", "hgpu_malloc", "hgpu_free",
     "hgpu_memcpy_h2d", "hgpu_memcpy_d2h", "hgpu_memset", "hgpu_synchronize", "hgpu_validate_rois",
-    "hgpu_roi_align_forward", "hgpu_roi_align_backward", "hgpu_ps_roi_pool_forward",
+    "hgpu_roi_align_workspace_floats", "hgpu_roi_align_forward", "hgpu_roi_align_backward",
+    "hgpu_ps_roi_pool_workspace_floats", "hgpu_ps_roi_pool_forward",
     "hgpu_ps_roi_pool_backward", "hgpu_validate_nms", "hgpu_nms_workspace_bytes", "hgpu_nms",
 ]
 
@@ -75,7 +76,7 @@ def test_cuda_build_compiles_and_exports_the_c_abi(tmp_path):
     info = _probe(library, CPU_SYMBOLS + GPU_SYMBOLS)
     assert info["missing"] == [], f"libharness.so lacks {info['missing']}"
     assert info["has_cuda"] == 1
-    assert info["abi"] == 1
+    assert info["abi"] == 2
 
 
 @pytest.mark.skipif(not os.path.exists(REFERENCE), reason="tests/support/reference_ops.py (the NumPy reference) "
