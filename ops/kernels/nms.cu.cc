@@ -1,10 +1,13 @@
 // CUDA greedy NMS and its framework-free launcher (see nms.h).
-// 1. keys = score (candidates) or -inf (score <= threshold); segmented stable radix sort per
-//    image, descending, so ties keep the lower index first.
+// 1. One 64-bit key per box: the image index above the score's order bits (descending; -inf for
+//    score <= threshold), sorted by one stable device-wide radix sort over all images, so every
+//    SM takes part whatever the batch size, and ties keep the lower index first. The number of
+//    candidates per image is counted on the way.
 // 2. A bit matrix: bit j of row i (in sorted order) says candidate i suppresses candidate j > i
 //    (IoU > threshold, same class). 64 x 64 tiles, one block each.
-// 3. One block per image walks the rows greedily, 64 candidates at a time: thread 0 resolves
-//    the tile's diagonal word, then all threads OR the kept rows into the "removed" words.
+// 3. One block per image walks the rows greedily, 64 candidates at a time: the tile's diagonal
+//    words are loaded into shared memory in parallel, thread 0 resolves them in order, then all
+//    threads OR the kept rows into the "removed" words.
 #include <cuda_runtime.h>
 
 #include <cub/cub.cuh>
@@ -22,9 +25,9 @@ constexpr int kThreads = 256;
 inline size_t Align256(size_t n) { return (n + 255) & ~static_cast<size_t>(255); }
 
 struct Workspace {
-  float* keys_in; float* keys_out;
+  unsigned long long* keys_in; unsigned long long* keys_out;
   int32_t* vals_in; int32_t* vals_out;
-  int32_t* offsets;
+  int32_t* candidates;          // [batch]
   unsigned long long* mask;     // [batch, n, col_blocks]
   unsigned long long* removed;  // [batch, col_blocks]
   void* cub_temp; size_t cub_bytes;
@@ -33,10 +36,10 @@ struct Workspace {
 
 size_t CubSortBytes(int batch, int n) {
   size_t bytes = 0;
-  cub::DeviceSegmentedRadixSort::SortPairsDescending(
-      nullptr, bytes, static_cast<const float*>(nullptr), static_cast<float*>(nullptr),
-      static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr), batch * n, batch,
-      static_cast<const int32_t*>(nullptr), static_cast<const int32_t*>(nullptr));
+  cub::DeviceRadixSort::SortPairs(nullptr, bytes, static_cast<const unsigned long long*>(nullptr),
+                                  static_cast<unsigned long long*>(nullptr),
+                                  static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr),
+                                  static_cast<int64_t>(batch) * n);
   return bytes;
 }
 
@@ -46,17 +49,24 @@ Workspace Layout(char* base, int batch, int n) {
   const size_t cb = (n + kTile - 1) / kTile;
   size_t off = 0;
   auto take = [&](size_t bytes) { char* p = base ? base + off : nullptr; off += Align256(bytes); return p; };
-  w.keys_in = reinterpret_cast<float*>(take(items * sizeof(float)));
-  w.keys_out = reinterpret_cast<float*>(take(items * sizeof(float)));
+  w.keys_in = reinterpret_cast<unsigned long long*>(take(items * sizeof(unsigned long long)));
+  w.keys_out = reinterpret_cast<unsigned long long*>(take(items * sizeof(unsigned long long)));
   w.vals_in = reinterpret_cast<int32_t*>(take(items * sizeof(int32_t)));
   w.vals_out = reinterpret_cast<int32_t*>(take(items * sizeof(int32_t)));
-  w.offsets = reinterpret_cast<int32_t*>(take((batch + 1) * sizeof(int32_t)));
+  w.candidates = reinterpret_cast<int32_t*>(take(batch * sizeof(int32_t)));
   w.mask = reinterpret_cast<unsigned long long*>(take(items * cb * sizeof(unsigned long long)));
   w.removed = reinterpret_cast<unsigned long long*>(take(batch * cb * sizeof(unsigned long long)));
   w.cub_bytes = CubSortBytes(batch, n);
   w.cub_temp = take(w.cub_bytes);
   w.total = off;
   return w;
+}
+
+// Bits needed for image indices 0 .. batch - 1.
+inline int ImageBits(int batch) {
+  int bits = 0;
+  while (bits < 31 && (1LL << bits) < batch) ++bits;
+  return bits;
 }
 
 __global__ void ValidateKernel(const float* boxes, const float* scores, int64_t n, int* first_bad) {
@@ -68,18 +78,22 @@ __global__ void ValidateKernel(const float* boxes, const float* scores, int64_t 
   }
 }
 
+// Key of box i = (image, descending score order): image << 32 | ~order(score), where order maps
+// floats to unsigned integers in ascending order; a box at or below the threshold gets -inf's
+// key, the largest of its image, and is not counted as a candidate.
 __global__ void PrepareKeysKernel(const float* scores, int batch, int n, float threshold,
-                                  float* keys, int32_t* vals, int32_t* offsets) {
+                                  unsigned long long* keys, int32_t* vals, int32_t* candidates) {
   const int64_t items = static_cast<int64_t>(batch) * n;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < items;
        i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
     const float s = NmsScore(scores[i]);  // subnormals and -0 as +0, as the CPU kernel orders them
-    keys[i] = s > NmsScore(threshold) ? s : -__int_as_float(0x7f800000);
-    vals[i] = static_cast<int32_t>(i % n);
-  }
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i <= batch;
-       i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
-    offsets[i] = static_cast<int32_t>(i * n);
+    const bool candidate = s > NmsScore(threshold);
+    const unsigned int u = __float_as_uint(candidate ? s : -__int_as_float(0x7f800000));
+    const unsigned int order = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+    const int64_t b = i / n;
+    keys[i] = (static_cast<unsigned long long>(b) << 32) | static_cast<unsigned int>(~order);
+    vals[i] = static_cast<int32_t>(i - b * n);
+    if (candidate) atomicAdd(candidates + b, 1);
   }
 }
 
@@ -117,32 +131,30 @@ __global__ void MaskKernel(const float* boxes, const int32_t* class_ids, const i
 }
 
 // One block per image.
-__global__ void GreedyKernel(const float* sorted_keys, const int32_t* sorted_idx,
+__global__ void GreedyKernel(const int32_t* candidates, const int32_t* sorted_idx,
                              const unsigned long long* mask, unsigned long long* removed, int n,
                              int col_blocks, int max_output, int32_t* out_indices,
                              int32_t* out_num_valid) {
   const int b = blockIdx.x;
-  const float* keys = sorted_keys + static_cast<int64_t>(b) * n;
   const int32_t* idx = sorted_idx + static_cast<int64_t>(b) * n;
   const unsigned long long* m = mask + static_cast<int64_t>(b) * n * col_blocks;
   unsigned long long* rem = removed + static_cast<int64_t>(b) * col_blocks;
   int32_t* out = out_indices + static_cast<int64_t>(b) * max_output;
   __shared__ int s_keep[kTile];
-  __shared__ int s_count, s_total, s_valid, s_done;
+  __shared__ unsigned long long s_diag[kTile];
+  __shared__ int s_count, s_total, s_done;
   for (int w = threadIdx.x; w < col_blocks; w += blockDim.x) rem[w] = 0;
-  if (threadIdx.x == 0) {
-    // Candidates form a prefix of the sorted keys: find the first -inf.
-    int lo = 0, hi = n;
-    while (lo < hi) {
-      const int mid = (lo + hi) / 2;
-      if (keys[mid] > -__int_as_float(0x7f800000)) lo = mid + 1; else hi = mid;
-    }
-    s_valid = lo;
-    s_total = 0;
-  }
+  if (threadIdx.x == 0) s_total = 0;
   __syncthreads();
-  const int valid_blocks = max_output > 0 ? (s_valid + kTile - 1) / kTile : 0;
+  const int valid = candidates[b];  // the candidates form a prefix of the image's sorted boxes
+  const int valid_blocks = max_output > 0 ? (valid + kTile - 1) / kTile : 0;
   for (int blk = 0; blk < valid_blocks; ++blk) {
+    // The tile's diagonal words, loaded side by side instead of one dependent load per kept row.
+    if (threadIdx.x < kTile) {
+      const int i = blk * kTile + threadIdx.x;
+      s_diag[threadIdx.x] = i < valid ? m[static_cast<int64_t>(i) * col_blocks + blk] : 0ULL;
+    }
+    __syncthreads();
     // Thread 0 resolves this tile's candidates in order; shared state it writes here is read by
     // the other threads only after the barrier below, and it cannot write again before the
     // second barrier, so every thread sees the same `done`.
@@ -151,11 +163,11 @@ __global__ void GreedyKernel(const float* sorted_keys, const int32_t* sorted_idx
       int count = 0;
       for (int t = 0; t < kTile; ++t) {
         const int i = blk * kTile + t;
-        if (i >= s_valid || s_total >= max_output) break;
+        if (i >= valid || s_total >= max_output) break;
         if (!((r >> t) & 1ULL)) {
           s_keep[count++] = i;
           out[s_total++] = idx[i];
-          r |= m[static_cast<int64_t>(i) * col_blocks + blk];
+          r |= s_diag[t];
         }
       }
       rem[blk] = r;
@@ -229,11 +241,14 @@ int NmsGpu(const NmsParams& p, const float* boxes, const float* scores, const in
   if (workspace_bytes < w.total) return cudaErrorInvalidValue;
   const int64_t items = static_cast<int64_t>(batch) * n;
   const int blocks = static_cast<int>(items / kThreads + 1 < 4096 ? items / kThreads + 1 : 4096);
+  cudaError_t e = cudaMemsetAsync(w.candidates, 0, sizeof(int32_t) * batch, s);
+  if (e != cudaSuccess) return e;
   PrepareKeysKernel<<<blocks, kThreads, 0, s>>>(scores, batch, n, p.score_threshold, w.keys_in,
-                                               w.vals_in, w.offsets);
-  cudaError_t e = cub::DeviceSegmentedRadixSort::SortPairsDescending(
-      w.cub_temp, w.cub_bytes, w.keys_in, w.keys_out, w.vals_in, w.vals_out,
-      static_cast<int>(items), batch, w.offsets, w.offsets + 1, 0, 32, s);
+                                               w.vals_in, w.candidates);
+  e = cudaGetLastError();
+  if (e != cudaSuccess) return e;
+  e = cub::DeviceRadixSort::SortPairs(w.cub_temp, w.cub_bytes, w.keys_in, w.keys_out, w.vals_in, w.vals_out,
+                                      items, 0, 32 + ImageBits(batch), s);
   if (e != cudaSuccess) return e;
   const int col_blocks = (n + kTile - 1) / kTile;
   constexpr int kMaxGridZ = 65535;
@@ -244,7 +259,7 @@ int NmsGpu(const NmsParams& p, const float* boxes, const float* scores, const in
     e = cudaGetLastError();
     if (e != cudaSuccess) return e;
   }
-  GreedyKernel<<<batch, kThreads, 0, s>>>(w.keys_out, w.vals_out, w.mask, w.removed, n, col_blocks,
+  GreedyKernel<<<batch, kThreads, 0, s>>>(w.candidates, w.vals_out, w.mask, w.removed, n, col_blocks,
                                           p.max_output, out_indices, out_num_valid);
   return cudaGetLastError();
 }
