@@ -77,16 +77,24 @@ struct OutIndex {
   int ph, pw, k, c;
 };
 
-// Output element i = ((r * PH + ph) * PW + pw) * K + k; c is its channel in the NHWC map.
+// Output element i = ((r * PH + ph) * PW + pw) * K + k, split into its indices; c (set by
+// Decompose) is its channel in the NHWC map.
+template <typename Index>
+__device__ __forceinline__ OutIndex<Index> Split(Index i, int PH, int PW, int K) {
+  OutIndex<Index> o;
+  const Index t = i / K;
+  o.k = static_cast<int>(i - t * K);
+  const Index u = t / PW;
+  o.pw = static_cast<int>(t - u * PW);
+  o.r = u / PH;
+  o.ph = static_cast<int>(u - o.r * PH);
+  o.c = 0;
+  return o;
+}
+
 template <typename Index>
 __device__ __forceinline__ OutIndex<Index> Decompose(Index i, const AlignParams& p, int K) {
-  OutIndex<Index> o;
-  Index t = i / K;
-  o.k = static_cast<int>(i - t * K);
-  Index u = t / p.pooled_w;
-  o.pw = static_cast<int>(t - u * p.pooled_w);
-  o.r = u / p.pooled_h;
-  o.ph = static_cast<int>(u - o.r * p.pooled_h);
+  OutIndex<Index> o = Split(i, p.pooled_h, p.pooled_w, K);
   o.c = p.position_sensitive ? o.k * p.planes() + o.ph * p.pooled_w + o.pw : o.k;
   return o;
 }
@@ -258,31 +266,47 @@ __global__ void RoiAlignBackwardKernel(AlignParams p, FeatureShape fs, const flo
 
 // PS-RoI pooling on the plane-major copy of the map: plane q = ph * G + pw of image b holds the
 // K channels (k * G + ph) * G + pw of the NHWC map, i.e. k * G^2 + q, as for PS-RoI-Align.
+// Output i's bin: its pixel range, its channel k and the offset (in floats) of its plane; empty
+// when the RoI's image is out of range or the bin has no pixels.
+struct PoolTarget {
+  PoolBin bin;
+  int64_t plane;
+  int k;
+  bool empty;
+};
+
+template <typename Index>
+__device__ __forceinline__ PoolTarget TargetOf(Index i, const PsPoolParams& p, const FeatureShape& fs,
+                                               const float* rois) {
+  const int G = p.group, K = fs.channels / (G * G);
+  const OutIndex<Index> o = Split(i, G, G, K);
+  const float* roi = rois + 5 * static_cast<int64_t>(o.r);
+  const int b = static_cast<int>(roi[0]);
+  PoolTarget t;
+  t.bin = MakePoolBin(roi, p.spatial_scale, G, o.ph, o.pw, fs.height, fs.width);
+  t.empty = b < 0 || b >= fs.batch || t.bin.hend <= t.bin.hstart || t.bin.wend <= t.bin.wstart;
+  t.plane = ((static_cast<int64_t>(b) * G + o.ph) * G + o.pw) * fs.height * fs.width * K;
+  t.k = o.k;
+  return t;
+}
+
 template <typename Index>
 __global__ void PsRoiPoolForwardKernel(PsPoolParams p, FeatureShape fs, const float* planes,
                                        const float* rois, Index total, float* out) {
-  const int G = p.group, K = fs.channels / (G * G);
-  const int64_t pixels = static_cast<int64_t>(fs.height) * fs.width;
+  const int K = fs.channels / (p.group * p.group);
   for (Index i = blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<Index>(blockDim.x) * gridDim.x) {
-    Index t = i / K;
-    const int k = static_cast<int>(i - t * K);
-    Index u = t / G;
-    const int pw = static_cast<int>(t - u * G);
-    const Index r = u / G;
-    const int ph = static_cast<int>(u - r * G);
-    const float* roi = rois + 5 * static_cast<int64_t>(r);
-    const int b = static_cast<int>(roi[0]);
-    const PoolBin bin = MakePoolBin(roi, p.spatial_scale, G, ph, pw, fs.height, fs.width);
-    if (b < 0 || b >= fs.batch || bin.hend <= bin.hstart || bin.wend <= bin.wstart) {
+    const PoolTarget t = TargetOf(i, p, fs, rois);
+    if (t.empty) {
       out[i] = 0.f;
       continue;
     }
-    const float* plane = planes + ((static_cast<int64_t>(b) * G + ph) * G + pw) * pixels * K;
+    const float* plane = planes + t.plane;
+    const PoolBin& bin = t.bin;
     double acc = 0.0;
     for (int h = bin.hstart; h < bin.hend; ++h)
       for (int w = bin.wstart; w < bin.wend; ++w)
-        acc += plane[(static_cast<int64_t>(h) * fs.width + w) * K + k];
+        acc += plane[(static_cast<int64_t>(h) * fs.width + w) * K + t.k];
     const int64_t area = static_cast<int64_t>(bin.hend - bin.hstart) * (bin.wend - bin.wstart);
     out[i] = static_cast<float>(acc / area);
   }
@@ -292,26 +316,18 @@ __global__ void PsRoiPoolForwardKernel(PsPoolParams p, FeatureShape fs, const fl
 template <typename Index>
 __global__ void PsRoiPoolBackwardKernel(PsPoolParams p, FeatureShape fs, const float* rois,
                                         Index total, const float* grad_out, float* grad_planes) {
-  const int G = p.group, K = fs.channels / (G * G);
-  const int64_t pixels = static_cast<int64_t>(fs.height) * fs.width;
+  const int K = fs.channels / (p.group * p.group);
   for (Index i = blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<Index>(blockDim.x) * gridDim.x) {
-    Index t = i / K;
-    const int k = static_cast<int>(i - t * K);
-    Index u = t / G;
-    const int pw = static_cast<int>(t - u * G);
-    const Index r = u / G;
-    const int ph = static_cast<int>(u - r * G);
-    const float* roi = rois + 5 * static_cast<int64_t>(r);
-    const int b = static_cast<int>(roi[0]);
-    const PoolBin bin = MakePoolBin(roi, p.spatial_scale, G, ph, pw, fs.height, fs.width);
-    if (b < 0 || b >= fs.batch || bin.hend <= bin.hstart || bin.wend <= bin.wstart) continue;
-    float* plane = grad_planes + ((static_cast<int64_t>(b) * G + ph) * G + pw) * pixels * K;
+    const PoolTarget t = TargetOf(i, p, fs, rois);
+    if (t.empty) continue;
+    float* plane = grad_planes + t.plane;
+    const PoolBin& bin = t.bin;
     const float area = static_cast<float>(static_cast<int64_t>(bin.hend - bin.hstart) * (bin.wend - bin.wstart));
     const float g = grad_out[i] / area;
     for (int h = bin.hstart; h < bin.hend; ++h)
       for (int w = bin.wstart; w < bin.wend; ++w)
-        atomicAdd(plane + (static_cast<int64_t>(h) * fs.width + w) * K + k, g);
+        atomicAdd(plane + (static_cast<int64_t>(h) * fs.width + w) * K + t.k, g);
   }
 }
 
