@@ -27,15 +27,21 @@ inline int Blocks(int64_t n) {
   return static_cast<int>(b < 65535LL * 64 ? b : 65535LL * 64);
 }
 
-// Whether a grid-stride loop over `total` outputs keeps every index (i + stride) below 2^31, so
-// that its index arithmetic can be 32-bit.
-inline bool Fits32(int64_t total) {
-  return total + static_cast<int64_t>(kThreads) * Blocks(total) <= 0x7fffffffLL;
+// Runs launch(Index{}) with Index = int when a grid-stride loop over `total` outputs keeps every
+// index (i + stride) below 2^31, so that the kernel's index arithmetic is 32-bit; int64_t otherwise.
+template <typename Launch>
+void WithIndexType(int64_t total, const Launch& launch) {
+  if (total + static_cast<int64_t>(kThreads) * Blocks(total) <= 0x7fffffffLL) {
+    launch(0);
+  } else {
+    launch(int64_t{0});
+  }
 }
 
-#define LHRCNN_GRID_LOOP(i, n)                                                        \
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < (n); \
-       i += static_cast<int64_t>(blockDim.x) * gridDim.x)
+#define LHRCNN_GRID_LOOP_OF(Index, i, n)                                                    \
+  for (Index i = blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x; i < (n);      \
+       i += static_cast<Index>(blockDim.x) * gridDim.x)
+#define LHRCNN_GRID_LOOP(i, n) LHRCNN_GRID_LOOP_OF(int64_t, i, n)
 
 __global__ void ValidateRoisKernel(const float* rois, int num_rois, int batch, int* first_bad) {
   LHRCNN_GRID_LOOP(r, num_rois) {
@@ -99,21 +105,21 @@ __device__ __forceinline__ OutIndex<Index> Decompose(Index i, const AlignParams&
   return o;
 }
 
-// The map (or its gradient) a thread of output o reads (or adds to), as (base, row stride in
-// floats per pixel, channel): NHWC for RoIAlign; the bin's plane of the plane-major copy for
-// PS-RoI-Align.
+// Where output o reads the map (or adds to its gradient): the offset in floats of its image
+// (RoIAlign, NHWC) or of its bin's plane (PS-RoI-Align, plane-major), the floats per pixel there
+// and its channel among them.
 struct MapView {
-  const float* base;
+  int64_t offset;
   int channels, c;
 };
 
 template <typename Index>
-__device__ __forceinline__ MapView ViewOf(const float* data, const OutIndex<Index>& o, int b,
-                                          const AlignParams& p, const FeatureShape& fs, int K) {
+__device__ __forceinline__ MapView ViewOf(const OutIndex<Index>& o, int b, const AlignParams& p,
+                                          const FeatureShape& fs, int K) {
   const int64_t pixels = static_cast<int64_t>(fs.height) * fs.width;
-  if (!p.position_sensitive) return {data + b * pixels * fs.channels, fs.channels, o.c};
+  if (!p.position_sensitive) return {b * pixels * fs.channels, fs.channels, o.c};
   const int64_t plane = static_cast<int64_t>(b) * p.planes() + o.ph * p.pooled_w + o.pw;
-  return {data + plane * pixels * K, K, o.k};
+  return {plane * pixels * K, K, o.k};
 }
 
 // NHWC [B, H, W, K * P] (channel k * P + q) <-> planes [B, P, H, W, K], a block per run of
@@ -188,8 +194,7 @@ __global__ void RoiAlignForwardKernel(AlignParams p, FeatureShape fs, const floa
                                       int32_t* argmax) {
   const int K = p.position_sensitive ? fs.channels / p.planes() : fs.channels;
   const float offset = p.aligned ? 0.5f : 0.f;
-  for (Index i = blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<Index>(blockDim.x) * gridDim.x) {
+  LHRCNN_GRID_LOOP_OF(Index, i, total) {
     const OutIndex<Index> o = Decompose(i, p, K);
     const float* roi = rois + 5 * static_cast<int64_t>(o.r);
     const int b = static_cast<int>(roi[0]);
@@ -199,7 +204,7 @@ __global__ void RoiAlignForwardKernel(AlignParams p, FeatureShape fs, const floa
       continue;
     }
     const AlignGeometry g = MakeAlignGeometry(roi, p.spatial_scale, p.pooled_h, p.pooled_w, offset);
-    const MapView v = ViewOf(map, o, b, p, fs, K);
+    const MapView v = ViewOf(o, b, p, fs, K);
     float best = 0.f;
     int best_s = 0;
     for (int iy = 0; iy < p.sample_h; ++iy) {
@@ -208,7 +213,7 @@ __global__ void RoiAlignForwardKernel(AlignParams p, FeatureShape fs, const floa
       for (int ix = 0; ix < p.sample_w; ++ix) {
         const AxisTap tx =
             MakeAxisTap(g.xs + g.bw * SampleFraction(o.pw, ix, p.sample_w), fs.width);
-        const float value = Sample(v.base, fs.width, v.channels, v.c, ty, tx);
+        const float value = Sample(map + v.offset, fs.width, v.channels, v.c, ty, tx);
         const int s = iy * p.sample_w + ix;
         if (s == 0) {
           best = value;
@@ -234,15 +239,14 @@ __global__ void RoiAlignBackwardKernel(AlignParams p, FeatureShape fs, const flo
                                        const int32_t* argmax, float* grad_map) {
   const int K = p.position_sensitive ? fs.channels / p.planes() : fs.channels;
   const float offset = p.aligned ? 0.5f : 0.f;
-  for (Index i = blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<Index>(blockDim.x) * gridDim.x) {
+  LHRCNN_GRID_LOOP_OF(Index, i, total) {
     const OutIndex<Index> o = Decompose(i, p, K);
     const float* roi = rois + 5 * static_cast<int64_t>(o.r);
     const int b = static_cast<int>(roi[0]);
     if (b < 0 || b >= fs.batch) continue;
     const AlignGeometry g = MakeAlignGeometry(roi, p.spatial_scale, p.pooled_h, p.pooled_w, offset);
-    const MapView v = ViewOf(grad_map, o, b, p, fs, K);
-    float* image = const_cast<float*>(v.base);
+    const MapView v = ViewOf(o, b, p, fs, K);
+    float* image = grad_map + v.offset;
     if (p.max_pool) {
       const int s = argmax[i];
       const int iy = s / p.sample_w, ix = s - iy * p.sample_w;
@@ -294,8 +298,7 @@ template <typename Index>
 __global__ void PsRoiPoolForwardKernel(PsPoolParams p, FeatureShape fs, const float* planes,
                                        const float* rois, Index total, float* out) {
   const int K = fs.channels / (p.group * p.group);
-  for (Index i = blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<Index>(blockDim.x) * gridDim.x) {
+  LHRCNN_GRID_LOOP_OF(Index, i, total) {
     const PoolTarget t = TargetOf(i, p, fs, rois);
     if (t.empty) {
       out[i] = 0.f;
@@ -317,8 +320,7 @@ template <typename Index>
 __global__ void PsRoiPoolBackwardKernel(PsPoolParams p, FeatureShape fs, const float* rois,
                                         Index total, const float* grad_out, float* grad_planes) {
   const int K = fs.channels / (p.group * p.group);
-  for (Index i = blockIdx.x * static_cast<Index>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<Index>(blockDim.x) * gridDim.x) {
+  LHRCNN_GRID_LOOP_OF(Index, i, total) {
     const PoolTarget t = TargetOf(i, p, fs, rois);
     if (t.empty) continue;
     float* plane = grad_planes + t.plane;
@@ -407,13 +409,11 @@ int RoiAlignForwardGpu(const AlignParams& p, const FeatureShape& fs, const float
     if (e != cudaSuccess) return e;
     map = workspace;
   }
-  // 32-bit index arithmetic whenever the outputs (and so every i + stride) stay below 2^31
-  if (Fits32(total)) {
-    RoiAlignForwardKernel<int><<<Blocks(total), kThreads, 0, s>>>(p, fs, map, rois, static_cast<int>(total), out,
-                                                                  argmax);
-  } else {
-    RoiAlignForwardKernel<int64_t><<<Blocks(total), kThreads, 0, s>>>(p, fs, map, rois, total, out, argmax);
-  }
+  WithIndexType(total, [&](auto index) {
+    using Index = decltype(index);
+    RoiAlignForwardKernel<Index><<<Blocks(total), kThreads, 0, s>>>(p, fs, map, rois, static_cast<Index>(total),
+                                                                    out, argmax);
+  });
   return cudaGetLastError();
 }
 
@@ -426,13 +426,11 @@ int RoiAlignBackwardGpu(const AlignParams& p, const FeatureShape& fs, const floa
   if (e != cudaSuccess) return e;
   const int64_t total = NumOutputs(p, fs, num_rois);
   if (total > 0) {
-    if (Fits32(total)) {
-      RoiAlignBackwardKernel<int><<<Blocks(total), kThreads, 0, s>>>(p, fs, rois, static_cast<int>(total), grad_out,
-                                                                     argmax, grad_map);
-    } else {
-      RoiAlignBackwardKernel<int64_t><<<Blocks(total), kThreads, 0, s>>>(p, fs, rois, total, grad_out, argmax,
-                                                                         grad_map);
-    }
+    WithIndexType(total, [&](auto index) {
+      using Index = decltype(index);
+      RoiAlignBackwardKernel<Index><<<Blocks(total), kThreads, 0, s>>>(p, fs, rois, static_cast<Index>(total),
+                                                                       grad_out, argmax, grad_map);
+    });
     e = cudaGetLastError();
     if (e != cudaSuccess) return e;
   }
@@ -449,12 +447,11 @@ int PsRoiPoolForwardGpu(const PsPoolParams& p, const FeatureShape& fs, const flo
   if (total == 0) return 0;
   const cudaError_t e = TransposePlanes(true, features, workspace, fs, p.group * p.group, s);
   if (e != cudaSuccess) return e;
-  if (Fits32(total)) {
-    PsRoiPoolForwardKernel<int><<<Blocks(total), kThreads, 0, s>>>(p, fs, workspace, rois, static_cast<int>(total),
-                                                                   out);
-  } else {
-    PsRoiPoolForwardKernel<int64_t><<<Blocks(total), kThreads, 0, s>>>(p, fs, workspace, rois, total, out);
-  }
+  WithIndexType(total, [&](auto index) {
+    using Index = decltype(index);
+    PsRoiPoolForwardKernel<Index><<<Blocks(total), kThreads, 0, s>>>(p, fs, workspace, rois,
+                                                                     static_cast<Index>(total), out);
+  });
   return cudaGetLastError();
 }
 
@@ -466,12 +463,11 @@ int PsRoiPoolBackwardGpu(const PsPoolParams& p, const FeatureShape& fs, const fl
   if (e != cudaSuccess) return e;
   const int64_t total = static_cast<int64_t>(num_rois) * fs.channels;
   if (total > 0) {
-    if (Fits32(total)) {
-      PsRoiPoolBackwardKernel<int><<<Blocks(total), kThreads, 0, s>>>(p, fs, rois, static_cast<int>(total),
-                                                                      grad_out, workspace);
-    } else {
-      PsRoiPoolBackwardKernel<int64_t><<<Blocks(total), kThreads, 0, s>>>(p, fs, rois, total, grad_out, workspace);
-    }
+    WithIndexType(total, [&](auto index) {
+      using Index = decltype(index);
+      PsRoiPoolBackwardKernel<Index><<<Blocks(total), kThreads, 0, s>>>(p, fs, rois, static_cast<Index>(total),
+                                                                        grad_out, workspace);
+    });
     e = cudaGetLastError();
     if (e != cudaSuccess) return e;
   }
