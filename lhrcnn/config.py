@@ -45,7 +45,7 @@ class Config:
     user = None                     # defaults to the experiment folder's parent (the original: the unix user)
     output_root = "output"          # outputs go to <output_root>/<user>/<experiment_name>/
     # Relative paths (output_root and the data paths below) are relative to the working directory.
-    seed = 3
+    seed = 3                        # training: initial weights, in-graph sampling and data order; None: unseeded
 
     # --- data
     class_names = COCO_CLASS_NAMES  # index 0 = background; or FROM_ANNOTATIONS ("from_annotations"): "background"
@@ -285,6 +285,9 @@ class Config:
         need(self.ops_backend in (None, "custom", "tf"), f"ops_backend must be None, 'custom' or 'tf'")
         need(isinstance(self.max_image_pixels, int) and not isinstance(self.max_image_pixels, bool)
              and self.max_image_pixels >= 1, f"max_image_pixels must be a positive integer, got {self.max_image_pixels!r}")
+        need(self.seed is None or (isinstance(self.seed, int) and not isinstance(self.seed, bool)
+                                   and 0 <= self.seed < 2 ** 32),
+             f"seed must be None or an integer in [0, 2**32), got {self.seed!r}")
         need(self.optimizer in ("momentum", "adam"), f"optimizer must be 'momentum' or 'adam', got {self.optimizer!r}")
         need(int(self.precise_bn_batches) >= 0, "precise_bn_batches must be >= 0")
         need(self.train_batch_per_gpu >= 1, "train_batch_per_gpu must be >= 1")

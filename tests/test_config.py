@@ -49,6 +49,10 @@ def test_bad_values_are_rejected():
         Config(head=None)
     with pytest.raises(ValueError, match="divisible"):
         Config(large_separable_out_channels=500)
+    for seed in (-1, 2 ** 32, 1.5, "3", True):
+        with pytest.raises(ValueError, match="seed must be None or an integer"):
+            Config(seed=seed)
+    assert Config(seed=None).seed is None and Config(seed=2 ** 32 - 1).seed == 2 ** 32 - 1
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

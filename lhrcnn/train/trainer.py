@@ -239,6 +239,11 @@ class Trainer:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         self.experiment_dir = experiment_dir
         self.config = c = load_config(experiment_dir, **config_overrides)
+        if c.seed is not None:
+            # Python, NumPy, TF and Keras's generators: the same seed gives the same initial
+            # weights and the same in-graph anchor and RoI sampling (the data pipeline takes
+            # c.seed itself, in distributed_dataset).
+            keras.utils.set_random_seed(c.seed)
         if c.class_names_source:  # class_names = "from_annotations"
             names = ", ".join(c.class_names[1:11]) + (", ..." if c.num_classes > 11 else "")
             logging.info("%d classes from %s: %s", c.num_classes - 1, c.class_names_source, names)

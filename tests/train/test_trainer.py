@@ -56,6 +56,24 @@ def test_decay_and_multiplier_scope():
     assert gradient_multiplier(tf.Variable(1.0, name="conv_new_1/bias"), {"conv_new": 3.0}) == 3.0
 
 
+def test_the_config_seed_fixes_the_initial_weights():
+    """The same seed builds the same weights, whatever random draws came before; another seed
+    builds other weights."""
+    def weights(seed):
+        np.random.uniform(size=7), tf.random.uniform([3])  # unrelated draws in between
+        trainer = Trainer(SYNTHETIC, output_dir="/tmp/unused", train_dataset=_batch_fn()[0], seed=seed,
+                          **DETERMINISTIC)
+        return [(v.name, v.numpy()) for v in trainer.detector.trainable_variables]  # names differ by suffixes
+    first, again, other = weights(5), weights(5), weights(6)
+    assert len(first) == len(again) == len(other) > 100
+    for (name, value), (_, same), (_, different) in zip(first, again, other):
+        assert same.shape == different.shape == value.shape, name
+        np.testing.assert_array_equal(same, value, err_msg=name)
+        if np.ptp(value) > 0:  # not a constant (zero/one) initialiser
+            assert not np.array_equal(different, value), name
+    assert sum(np.ptp(value) > 0 for _, value in first) > 50
+
+
 def test_one_step_matches_a_hand_computed_sgd_update(tmp_path):
     tf.keras.utils.set_random_seed(0)
     fn, batch = _batch_fn()
