@@ -47,8 +47,7 @@ class PsRoiPoolOp : public OpKernel {
 #if LHRCNN_WITH_CUDA
       OP_REQUIRES_OK(ctx, tfglue::CheckRoisGpu(ctx, op, rois, fs.batch));
       Tensor workspace;
-      OP_REQUIRES_OK(ctx, ctx->allocate_temp(::tensorflow::DT_FLOAT,
-                                             TensorShape({PsRoiPoolGpuWorkspace(p_, fs)}), &workspace));
+      OP_REQUIRES_OK(ctx, tfglue::AllocateWorkspace(ctx, PsRoiPoolGpuWorkspace(p_, fs), &workspace));
       const int e = PsRoiPoolForwardGpu(p_, fs, features.flat<float>().data(), rois.flat<float>().data(),
                                         num_rois, out->flat<float>().data(), workspace.flat<float>().data(),
                                         tfglue::GpuStream(ctx));
@@ -57,8 +56,7 @@ class PsRoiPoolOp : public OpKernel {
     } else {
       OP_REQUIRES_OK(ctx, tfglue::CheckRoisCpu(op, rois, fs.batch));
       Tensor workspace;
-      OP_REQUIRES_OK(ctx, ctx->allocate_temp(::tensorflow::DT_FLOAT,
-                                             TensorShape({PsRoiPoolCpuWorkspace(p_, fs)}), &workspace));
+      OP_REQUIRES_OK(ctx, tfglue::AllocateWorkspace(ctx, PsRoiPoolCpuWorkspace(p_, fs), &workspace));
       PsRoiPoolForwardCpu(p_, fs, features.flat<float>().data(), rois.flat<float>().data(), num_rois,
                           out->flat<float>().data(), workspace.flat<float>().data(),
                           tfglue::CpuParallelFor(ctx));
@@ -94,8 +92,7 @@ class PsRoiPoolGradOp : public OpKernel {
       OP_REQUIRES_OK(ctx, tfglue::RequireNondeterminismAllowed(op));
       OP_REQUIRES_OK(ctx, tfglue::CheckRoisGpu(ctx, op, rois, fs.batch));
       Tensor workspace;
-      OP_REQUIRES_OK(ctx, ctx->allocate_temp(::tensorflow::DT_FLOAT,
-                                             TensorShape({PsRoiPoolGpuWorkspace(p_, fs)}), &workspace));
+      OP_REQUIRES_OK(ctx, tfglue::AllocateWorkspace(ctx, PsRoiPoolGpuWorkspace(p_, fs), &workspace));
       const int e = PsRoiPoolBackwardGpu(p_, fs, rois.flat<float>().data(), num_rois,
                                          grad.flat<float>().data(), grad_features->flat<float>().data(),
                                          workspace.flat<float>().data(), tfglue::GpuStream(ctx));
@@ -104,8 +101,7 @@ class PsRoiPoolGradOp : public OpKernel {
     } else {
       OP_REQUIRES_OK(ctx, tfglue::CheckRoisCpu(op, rois, fs.batch));
       Tensor workspace;
-      OP_REQUIRES_OK(ctx, ctx->allocate_temp(::tensorflow::DT_FLOAT,
-                                             TensorShape({PsRoiPoolCpuWorkspace(p_, fs)}), &workspace));
+      OP_REQUIRES_OK(ctx, tfglue::AllocateWorkspace(ctx, PsRoiPoolCpuWorkspace(p_, fs), &workspace));
       PsRoiPoolBackwardCpu(p_, fs, rois.flat<float>().data(), num_rois, grad.flat<float>().data(),
                            grad_features->flat<float>().data(), workspace.flat<float>().data(),
                            tfglue::CpuParallelFor(ctx));

@@ -100,8 +100,7 @@ class AlignOp : public OpKernel {
 #if LHRCNN_WITH_CUDA
       OP_REQUIRES_OK(ctx, tfglue::CheckRoisGpu(ctx, op, rois, fs.batch));
       Tensor workspace;
-      OP_REQUIRES_OK(ctx, ctx->allocate_temp(::tensorflow::DT_FLOAT,
-                                             TensorShape({RoiAlignGpuWorkspace(p_, fs)}), &workspace));
+      OP_REQUIRES_OK(ctx, tfglue::AllocateWorkspace(ctx, RoiAlignGpuWorkspace(p_, fs), &workspace));
       const int e = RoiAlignForwardGpu(p_, fs, features.flat<float>().data(), rois.flat<float>().data(),
                                        num_rois, out->flat<float>().data(), argmax_data,
                                        workspace.flat<float>().data(), tfglue::GpuStream(ctx));
@@ -110,8 +109,7 @@ class AlignOp : public OpKernel {
     } else {
       OP_REQUIRES_OK(ctx, tfglue::CheckRoisCpu(op, rois, fs.batch));
       Tensor workspace;
-      OP_REQUIRES_OK(ctx, ctx->allocate_temp(::tensorflow::DT_FLOAT,
-                                             TensorShape({RoiAlignCpuWorkspace(p_, fs)}), &workspace));
+      OP_REQUIRES_OK(ctx, tfglue::AllocateWorkspace(ctx, RoiAlignCpuWorkspace(p_, fs), &workspace));
       RoiAlignForwardCpu(p_, fs, features.flat<float>().data(), rois.flat<float>().data(), num_rois,
                          out->flat<float>().data(), argmax_data, workspace.flat<float>().data(),
                          tfglue::CpuParallelFor(ctx));
@@ -154,8 +152,7 @@ class AlignGradOp : public OpKernel {
       OP_REQUIRES_OK(ctx, tfglue::CheckRoisGpu(ctx, op, rois, fs.batch));
       if (p_.max_pool) OP_REQUIRES_OK(ctx, tfglue::CheckArgmaxGpu(ctx, op, argmax, p_.samples()));
       Tensor workspace;
-      OP_REQUIRES_OK(ctx, ctx->allocate_temp(::tensorflow::DT_FLOAT,
-                                             TensorShape({RoiAlignGpuWorkspace(p_, fs)}), &workspace));
+      OP_REQUIRES_OK(ctx, tfglue::AllocateWorkspace(ctx, RoiAlignGpuWorkspace(p_, fs), &workspace));
       const int e = RoiAlignBackwardGpu(p_, fs, rois.flat<float>().data(), num_rois,
                                         grad.flat<float>().data(), argmax_data,
                                         grad_features->flat<float>().data(), workspace.flat<float>().data(),
@@ -164,17 +161,9 @@ class AlignGradOp : public OpKernel {
 #endif
     } else {
       OP_REQUIRES_OK(ctx, tfglue::CheckRoisCpu(op, rois, fs.batch));
-      if (p_.max_pool) {
-        const int32_t* a = argmax_data;
-        const int64_t n = argmax.NumElements();
-        for (int64_t i = 0; i < n; ++i)
-          OP_REQUIRES(ctx, a[i] >= 0 && a[i] < p_.samples(),
-                      errors::InvalidArgument(op, ": argmax[", i, "] = ", a[i],
-                                              " is not a sample index in [0, ", p_.samples(), ")"));
-      }
+      if (p_.max_pool) OP_REQUIRES_OK(ctx, tfglue::CheckArgmaxCpu(op, argmax, p_.samples()));
       Tensor workspace;
-      OP_REQUIRES_OK(ctx, ctx->allocate_temp(::tensorflow::DT_FLOAT,
-                                             TensorShape({RoiAlignCpuWorkspace(p_, fs)}), &workspace));
+      OP_REQUIRES_OK(ctx, tfglue::AllocateWorkspace(ctx, RoiAlignCpuWorkspace(p_, fs), &workspace));
       RoiAlignBackwardCpu(p_, fs, rois.flat<float>().data(), num_rois, grad.flat<float>().data(),
                           argmax_data, grad_features->flat<float>().data(),
                           workspace.flat<float>().data(), tfglue::CpuParallelFor(ctx));

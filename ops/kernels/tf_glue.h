@@ -3,7 +3,9 @@
 #ifndef LHRCNN_OPS_KERNELS_TF_GLUE_H_
 #define LHRCNN_OPS_KERNELS_TF_GLUE_H_
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -109,6 +111,25 @@ inline Status CheckRoisCpu(const char* op, const Tensor& rois, int batch) {
   const int bad = FirstInvalidRoiCpu(data, static_cast<int>(rois.dim_size(0)), batch, &code);
   if (bad < 0) return ::tensorflow::OkStatus();
   return RoiError(op, bad, code, data + 5 * static_cast<int64_t>(bad), batch);
+}
+
+// Validates the argmax input of a gradient op on the host (CPU kernels): one vectorizable pass
+// (a negative index reads as a large unsigned one), a second only to name a bad entry.
+inline Status CheckArgmaxCpu(const char* op, const Tensor& argmax, int samples) {
+  const int32_t* a = argmax.flat<int32_t>().data();
+  const int64_t n = argmax.NumElements();
+  uint32_t largest = 0;
+  for (int64_t i = 0; i < n; ++i) largest = std::max(largest, static_cast<uint32_t>(a[i]));
+  if (largest < static_cast<uint32_t>(samples)) return ::tensorflow::OkStatus();
+  int64_t bad = 0;
+  while (a[bad] >= 0 && a[bad] < samples) ++bad;
+  return errors::InvalidArgument(op, ": argmax[", bad, "] = ", a[bad], " is not a sample index in [0, ",
+                                 samples, ")");
+}
+
+// A kernel's float workspace of `floats` elements (0: an empty tensor).
+inline Status AllocateWorkspace(OpKernelContext* ctx, int64_t floats, Tensor* workspace) {
+  return ctx->allocate_temp(::tensorflow::DT_FLOAT, TensorShape({floats}), workspace);
 }
 
 #if LHRCNN_WITH_CUDA

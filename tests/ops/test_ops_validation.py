@@ -139,6 +139,11 @@ def test_kernel_level_checks_of_the_raw_ops():
     out, argmax = lib.lhrcnn_ps_roi_align(F, rois, group_size=3, spatial_scale=1 / 16)
     with pytest.raises(INVALID, match="argmax"):
         lib.lhrcnn_ps_roi_align_grad(F, rois, argmax + 7, tf.ones_like(out), group_size=3, spatial_scale=1 / 16)
+    for value in (-1, 4):  # one bad entry among good ones is named, by its flat index
+        bad = argmax.numpy().copy()
+        bad.flat[5] = value
+        with pytest.raises(INVALID, match=rf"argmax\[5\] = {value} is not a sample index in \[0, 4\)"):
+            lib.lhrcnn_ps_roi_align_grad(F, rois, bad, tf.ones_like(out), group_size=3, spatial_scale=1 / 16)
     with pytest.raises(INVALID, match="grad"):
         lib.lhrcnn_ps_roi_align_grad(F, rois, argmax, tf.ones([2, 3, 3, 2]), group_size=3, spatial_scale=1 / 16)
     with pytest.raises(INVALID, match="spatial_scale"):
