@@ -86,27 +86,33 @@ def test_training_resumes_after_a_kill(tmp_path):
     assert tf.train.latest_checkpoint(os.path.join(output, "model_dump")).endswith("ckpt-40")
 
 
-@pytest.mark.slow(seconds=170)
+@pytest.mark.slow(seconds=110)
 def test_a_few_minutes_of_training_lift_ap50_far_above_chance(tmp_path):
     """scripts/train.py then scripts/test.py on 8 synthetic images (~40 objects), evaluated on those
     same images: it checks that the whole chain (pipeline, targets, losses, optimizer, precise BN,
-    inference, COCO conversion) learns, in ~400 steps. Random or constant detections score AP50
-    < 0.01 here; a broken box coding, class mapping or flip convention stays far below 0.5."""
-    exp = _make_experiment(tmp_path, 8, 1, eval_on_train=True, warmup_iters=50, nr_image_per_epoch=80,
-                           max_epoch=10, lr_stages=((8, 1.0), (10, 0.1)), precise_bn_batches=20)
+    inference, COCO conversion) learns, in 250 steps (the last 40 at a tenth of the rate). Random or
+    constant detections score AP50 < 0.01 here; a broken box coding, class mapping or flip
+    convention stays far below 0.5. Measured on 2 cores with the config's seed 3 and with seed 1:
+    AP 0.645 / 0.502, AP50 0.944 / 0.836."""
+    exp = _make_experiment(tmp_path, 8, 1, eval_on_train=True, basic_lr=0.003, warmup_iters=50,
+                           nr_image_per_epoch=40, max_epoch=10, lr_stages=((8, 1.0), (10, 0.1)),
+                           precise_bn_batches=20)
     output = str(tmp_path / "out")
-    train_log, metrics = _train_and_evaluate(exp, output, 400, timeout=1200)
+    train_log, metrics = _train_and_evaluate(exp, output, 250, timeout=1200)
     assert "precise BN" in train_log
     assert metrics["images"] == 8
     assert metrics["AP50"] >= 0.5 and metrics["AP"] >= 0.25, metrics
 
 
-# The family's synthetic variants: steps for the 8-image check, and about how long each test
-# takes on 2 cores (a scheduling hint for parallel runs).
+# The family's synthetic variants: steps and images per epoch of the 8-image check (the rate drops
+# tenfold 8 epochs after the 50 warm-up steps), and about how long each test takes on 2 cores (a
+# scheduling hint for parallel runs). ThunderNet at 300 steps, measured with seeds 3 and 1:
+# AP 0.504 / 0.449, AP50 0.780 / 0.760. DetNet at 250 steps (rate 0.002) and Double-Head at 200
+# (rate 0.002) did not reach the bar: they keep their schedules.
 FAMILY = {
-    "thundernet.snet146.synthetic": dict(steps=400, seconds=115),
-    "detnet59.fpn.synthetic": dict(steps=400, seconds=145),
-    "double_head.r50_fpn.synthetic": dict(steps=300, seconds=360),
+    "thundernet.snet146.synthetic": dict(steps=300, nr_image_per_epoch=50, seconds=85),
+    "detnet59.fpn.synthetic": dict(steps=400, nr_image_per_epoch=80, seconds=145),
+    "double_head.r50_fpn.synthetic": dict(steps=300, nr_image_per_epoch=80, seconds=320),
 }
 
 
@@ -122,9 +128,9 @@ def test_family_variant_learns_and_exports(tmp_path, name):
 
     from lhrcnn.detector import load_detector
     exp = _make_experiment(tmp_path, 8, 1, eval_on_train=True, experiment=os.path.join(ROOT, "experiments/lhrcnn", name),
-                           warmup_iters=50, nr_image_per_epoch=80, max_epoch=10, lr_stages=((8, 1.0), (10, 0.1)),
-                           precise_bn_batches=20, image_short_size=256, image_max_size=384, eval_image_short_size=256,
-                           eval_image_max_size=384)
+                           warmup_iters=50, nr_image_per_epoch=FAMILY[name]["nr_image_per_epoch"], max_epoch=10,
+                           lr_stages=((8, 1.0), (10, 0.1)), precise_bn_batches=20, image_short_size=256,
+                           image_max_size=384, eval_image_short_size=256, eval_image_max_size=384)
     output = str(tmp_path / "out")
     _, metrics = _train_and_evaluate(exp, output, FAMILY[name]["steps"], timeout=1500)
     print(name, metrics)
