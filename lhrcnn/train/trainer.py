@@ -326,14 +326,14 @@ class Trainer:
         `train_dataset` may be a DetectionDataset (-> the tf.data pipeline) or a function
         (input_context, per_replica_batch, seed) -> tf.data.Dataset of batch dicts; default: the
         config's training annotations. `start_step`: the pipeline starts where a run that made
-        that many steps left it (a function gets `seed + start_step` instead)."""
+        that many steps left it (a function gets `seed + start_step` instead; None when seed is None)."""
         data = self._train_dataset if self._train_dataset is not None else self.load_train_data()
         global_batch = self.global_batch
 
         def dataset_fn(ctx):
             per_replica = ctx.get_per_replica_batch_size(global_batch)
             if callable(data):
-                return data(ctx, per_replica, seed + start_step)
+                return data(ctx, per_replica, None if seed is None else seed + start_step)
             from lhrcnn.data.pipeline import make_dataset
             local_replicas = ctx.num_replicas_in_sync // ctx.num_input_pipelines
             return make_dataset(data, self.config, training=True, batch_size=per_replica, seed=seed,

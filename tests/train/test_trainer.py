@@ -56,9 +56,9 @@ def test_decay_and_multiplier_scope():
     assert gradient_multiplier(tf.Variable(1.0, name="conv_new_1/bias"), {"conv_new": 3.0}) == 3.0
 
 
-def test_the_config_seed_fixes_the_initial_weights():
+def test_the_config_seed_fixes_the_initial_weights(tmp_path):
     """The same seed builds the same weights, whatever random draws came before; another seed
-    builds other weights."""
+    (or None) builds other weights."""
     def weights(seed):
         np.random.uniform(size=7), tf.random.uniform([3])  # unrelated draws in between
         trainer = Trainer(SYNTHETIC, output_dir="/tmp/unused", train_dataset=_batch_fn()[0], seed=seed,
@@ -72,6 +72,14 @@ def test_the_config_seed_fixes_the_initial_weights():
         if np.ptp(value) > 0:  # not a constant (zero/one) initialiser
             assert not np.array_equal(different, value), name
     assert sum(np.ptp(value) > 0 for _, value in first) > 50
+    # seed None: fresh weights every time, and a dataset function gets no seed
+    seeds = []
+    fn, _ = _batch_fn()
+    trainer = Trainer(SYNTHETIC, output_dir=str(tmp_path), seed=None, total_steps=1,
+                      train_dataset=lambda ctx, n, seed: seeds.append(seed) or fn(ctx, n, seed), **DETERMINISTIC)
+    unseeded = [v.numpy() for v in trainer.detector.trainable_variables]
+    assert trainer.train()["steps"] == 1 and seeds == [None]
+    assert not any(np.array_equal(u, value) for u, (_, value) in zip(unseeded, first) if np.ptp(value) > 0)
 
 
 def test_one_step_matches_a_hand_computed_sgd_update(tmp_path):
