@@ -108,7 +108,7 @@ class NonLocalBlock(keras.layers.Layer):
         shape = tf.shape(x)
         theta, phi, g = self._grouped(self.theta(x)), self._grouped(self.phi(x)), self._grouped(self.g(x))
         positions = tf.cast(shape[1] * shape[2], x.dtype)
-        # Batched matmuls on [B, groups, N, c] (einsum's CPU kernel took 1.7x as long, the same values)
+        # Batched matmuls on [B, groups, N, c]: the values of the einsum formulation, 1.7x faster on CPU
         affinity = tf.matmul(theta, phi, transpose_b=True) / positions  # [B, groups, N, N]
         y = tf.transpose(tf.matmul(affinity, g), [0, 2, 1, 3])         # [B, N, groups, c]
         y = tf.reshape(y, [shape[0], shape[1], shape[2], self.inter_channels])
