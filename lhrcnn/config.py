@@ -283,10 +283,8 @@ class Config:
              f"large_separable_out_channels ({self.large_separable_out_channels}) must be divisible by "
              f"ps_group_size² ({self.ps_group_size ** 2})")
         need(self.ops_backend in (None, "custom", "tf"), f"ops_backend must be None, 'custom' or 'tf'")
-        need(isinstance(self.max_image_pixels, int) and not isinstance(self.max_image_pixels, bool)
-             and self.max_image_pixels >= 1, f"max_image_pixels must be a positive integer, got {self.max_image_pixels!r}")
-        need(self.seed is None or (isinstance(self.seed, int) and not isinstance(self.seed, bool)
-                                   and 0 <= self.seed < 2 ** 32),
+        need(_is_integer(self.max_image_pixels) and self.max_image_pixels >= 1, f"max_image_pixels must be a positive integer, got {self.max_image_pixels!r}")
+        need(self.seed is None or (_is_integer(self.seed) and 0 <= self.seed < 2 ** 32),
              f"seed must be None or an integer in [0, 2**32), got {self.seed!r}")
         need(self.optimizer in ("momentum", "adam"), f"optimizer must be 'momentum' or 'adam', got {self.optimizer!r}")
         need(int(self.precise_bn_batches) >= 0, "precise_bn_batches must be >= 0")
@@ -302,6 +300,11 @@ class Config:
         name = self.experiment_name or os.path.basename(os.path.abspath(experiment_dir))
         user = self.user or os.path.basename(os.path.dirname(os.path.abspath(experiment_dir))) or getpass.getuser()
         return os.path.join(self.output_root, user, name)
+
+
+def _is_integer(value):
+    """A Python int that is not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _import_file(path, module_name):

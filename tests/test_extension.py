@@ -85,7 +85,6 @@ def test_registered_parts_train_and_evaluate_through_the_public_entry_points(tin
 
     data, root = tiny_data
     overrides = {**OVERRIDES, **data}
-    tf.keras.utils.set_random_seed(0)
     trainer = Trainer(BASE, output_dir=str(root / "out"), total_steps=3, checkpoint_every=1000,
                       log_every_seconds=1000, **overrides)
     detector = trainer.detector

@@ -113,6 +113,12 @@ inline Status CheckRoisCpu(const char* op, const Tensor& rois, int batch) {
   return RoiError(op, bad, code, data + 5 * static_cast<int64_t>(bad), batch);
 }
 
+// The error for argmax[index] = value outside the sample indices [0, samples).
+inline Status ArgmaxError(const char* op, int64_t index, int32_t value, int samples) {
+  return errors::InvalidArgument(op, ": argmax[", index, "] = ", value, " is not a sample index in [0, ",
+                                 samples, ")");
+}
+
 // Validates the argmax input of a gradient op on the host (CPU kernels): one vectorizable pass
 // (a negative index reads as a large unsigned one), a second only to name a bad entry.
 inline Status CheckArgmaxCpu(const char* op, const Tensor& argmax, int samples) {
@@ -123,8 +129,7 @@ inline Status CheckArgmaxCpu(const char* op, const Tensor& argmax, int samples) 
   if (largest < static_cast<uint32_t>(samples)) return ::tensorflow::OkStatus();
   int64_t bad = 0;
   while (a[bad] >= 0 && a[bad] < samples) ++bad;
-  return errors::InvalidArgument(op, ": argmax[", bad, "] = ", a[bad], " is not a sample index in [0, ",
-                                 samples, ")");
+  return ArgmaxError(op, bad, a[bad], samples);
 }
 
 // A kernel's float workspace of `floats` elements (0: an empty tensor).
@@ -158,8 +163,7 @@ inline Status CheckArgmaxGpu(OpKernelContext* ctx, const char* op, const Tensor&
                                   &bad, &value, GpuStream(ctx));
   if (e != 0) return errors::Internal(op, ": CUDA error while validating argmax: ", CudaErrorString(e));
   if (bad < 0) return ::tensorflow::OkStatus();
-  return errors::InvalidArgument(op, ": argmax[", bad, "] = ", value, " is not a sample index in [0, ",
-                                 samples, ")");
+  return ArgmaxError(op, bad, value, samples);
 }
 
 // The GPU gradients add with atomicAdd, in an order that varies from run to run: under

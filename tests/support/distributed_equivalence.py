@@ -94,7 +94,6 @@ def run(strategy, per_replica, basic_lr, initial, batch, overrides):
         assert per_replica_batch == per_replica, (per_replica_batch, per_replica)
         return tf.data.Dataset.from_tensor_slices(batch).batch(per_replica).repeat()
 
-    tf.keras.utils.set_random_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(SYNTHETIC, output_dir=tmp, strategy=strategy, train_dataset=fn, total_steps=1,
                           train_batch_per_gpu=per_replica, basic_lr=basic_lr,

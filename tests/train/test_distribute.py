@@ -167,7 +167,6 @@ def test_per_image_losses_are_the_mean_of_single_image_losses():
 def _one_step(tmp_path, **overrides):
     from lhrcnn.train.trainer import Trainer
     from test_trainer import DETERMINISTIC, _batch_fn
-    tf.keras.utils.set_random_seed(0)
     fn, _ = _batch_fn()
     trainer = Trainer(SYNTHETIC, output_dir=str(tmp_path), train_dataset=fn, total_steps=2,
                       **dict(DETERMINISTIC, **overrides))

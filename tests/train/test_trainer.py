@@ -83,7 +83,6 @@ def test_the_config_seed_fixes_the_initial_weights(tmp_path):
 
 
 def test_one_step_matches_a_hand_computed_sgd_update(tmp_path):
-    tf.keras.utils.set_random_seed(0)
     fn, batch = _batch_fn()
     trainer = Trainer(SYNTHETIC, output_dir=str(tmp_path), train_dataset=fn, total_steps=1, **DETERMINISTIC)
     c = trainer.config
@@ -104,7 +103,6 @@ def test_one_step_matches_a_hand_computed_sgd_update(tmp_path):
 
 
 def test_one_step_matches_a_hand_computed_adam_update(tmp_path):
-    tf.keras.utils.set_random_seed(0)
     fn, batch = _batch_fn()
     options = dict(DETERMINISTIC, optimizer="adam", basic_lr=1e-3, momentum=0.9)
     trainer = Trainer(SYNTHETIC, output_dir=str(tmp_path), train_dataset=fn, total_steps=1, **options)
