@@ -39,7 +39,7 @@ class TwoStageDetector(keras.Model):
         cache = self.__dict__.setdefault("_xla_backbones", {})
         if bool(training) not in cache:
             cache[bool(training)] = tf.function(lambda images: self.backbone(images, training=bool(training)),
-                                                jit_compile=True)
+                                                jit_compile=True, autograph=False)
         return cache[bool(training)]
 
     def features(self, images, training=False):

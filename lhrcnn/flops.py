@@ -80,7 +80,7 @@ def _walk(graph, counts, unknown, seen):
 def count_macs(fn, *example_inputs):
     """Multiply-adds of one call of `fn` (a Keras model or a function of tensors) on inputs of
     the given static shapes. Returns (total, {op type: macs}, [ops whose shapes were unknown])."""
-    concrete = tf.function(fn).get_concrete_function(*example_inputs)
+    concrete = tf.function(fn, autograph=False).get_concrete_function(*example_inputs)
     counts, unknown = collections.Counter(), []
     _walk(concrete.graph, counts, unknown, set())
     return int(sum(counts.values())), dict(counts), unknown

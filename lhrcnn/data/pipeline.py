@@ -145,6 +145,13 @@ def select_records(dataset, config, *, training, shard=None, stats=None):
     return records
 
 
+def _graph_function(fn):
+    """`fn` for tf.data to trace as written, without AutoGraph's source conversion: the pipeline's
+    functions branch with tf.cond / tf.where only, and the conversion was most of the pipeline's
+    set-up time (seconds per process)."""
+    return tf.autograph.experimental.do_not_convert(fn)
+
+
 def _record_tensors(records):
     """The records as constant tensors; boxes and classes of record i are rows splits[i]:splits[i + 1]."""
     lengths = np.array([len(r.boxes) for r in records], np.int64)
@@ -187,7 +194,8 @@ def _read_and_decode(max_pixels, element):
 
 def _decode_or_mark_failed(max_pixels, element):
     """A one-element dataset: the decoded element, or the element marked failed (status 2)."""
-    decoded = (tf.data.Dataset.from_tensors(element).map(functools.partial(_read_and_decode, max_pixels))
+    decoded = (tf.data.Dataset.from_tensors(element)
+               .map(_graph_function(functools.partial(_read_and_decode, max_pixels)))
                .ignore_errors(log_warning=True))
     failed = tf.data.Dataset.from_tensors({**element, "image": tf.zeros([0, 0, 3], tf.uint8),
                                            "status": tf.constant(_DECODE_FAILED),
@@ -213,12 +221,12 @@ def _report(stats, element):
 def _decode(indices, table, stats, num_parallel_calls, max_pixels):
     """(position, record index) pairs -> decoded elements, in order; failed images dropped."""
     stats.max_pixels = max_pixels
-    return (indices.map(functools.partial(_lookup, table))
-            .interleave(functools.partial(_decode_or_mark_failed, max_pixels), cycle_length=num_parallel_calls,
-                        block_length=1,
+    return (indices.map(_graph_function(functools.partial(_lookup, table)))
+            .interleave(_graph_function(functools.partial(_decode_or_mark_failed, max_pixels)),
+                        cycle_length=num_parallel_calls, block_length=1,
                         num_parallel_calls=num_parallel_calls, deterministic=True)
-            .map(functools.partial(_report, stats))
-            .filter(lambda element: element["keep"]))
+            .map(_graph_function(functools.partial(_report, stats)))
+            .filter(_graph_function(lambda element: element["keep"])))
 
 
 def read_images(records, *, shuffle, repeat, seed, skip=0, cache=False, stats=None,
@@ -248,13 +256,14 @@ def read_images(records, *, shuffle, repeat, seed, skip=0, cache=False, stats=No
         # Decode every image once (in record order; failures warned once), keep the decoded
         # uint8 images in memory, then shuffle, repeat and number the decoded elements: the
         # stream is that of the uncached pipeline over the readable images.
-        data = _decode(tf.data.Dataset.range(len(records)).map(lambda i: (i, i)), table, stats,
+        data = _decode(tf.data.Dataset.range(len(records)).map(_graph_function(lambda i: (i, i))), table, stats,
                        num_parallel_calls, max_pixels).cache()
         if shuffle:
             data = data.shuffle(len(records), seed=seed, reshuffle_each_iteration=True)
         if repeat:
             data = data.repeat()
-        return data.enumerate().skip(skip).map(lambda position, element: {**element, "position": position})
+        return data.enumerate().skip(skip).map(
+            _graph_function(lambda position, element: {**element, "position": position}))
     indices = tf.data.Dataset.range(len(records))
     if shuffle:
         indices = indices.shuffle(len(records), seed=seed, reshuffle_each_iteration=True)
@@ -335,7 +344,8 @@ def batch_elements(data, batch_size, *, drop_remainder, group_by_aspect_ratio=Fa
     its kind."""
     if group_by_aspect_ratio:
         return data.group_by_window(
-            _is_landscape, lambda key, window: window.padded_batch(batch_size, drop_remainder=drop_remainder),
+            _graph_function(_is_landscape),
+            _graph_function(lambda key, window: window.padded_batch(batch_size, drop_remainder=drop_remainder)),
             window_size=batch_size)
     return data.padded_batch(batch_size, drop_remainder=drop_remainder)
 
@@ -409,10 +419,10 @@ def make_dataset(dataset, config, *, training, batch_size, shuffle=None, seed=No
     short_size, max_size = training_sizes(config) if training else preprocess.eval_sizes(config)
     data = read_images(records, shuffle=shuffle, repeat=repeat, seed=seed, skip=int(skip), cache=cache, stats=stats,
                        num_parallel_calls=num_parallel_calls, max_pixels=int(config.max_image_pixels))
-    data = data.map(functools.partial(
+    data = data.map(_graph_function(functools.partial(
         preprocess_element, short_size=short_size, max_size=max_size, image_mean=config.image_mean,
         size_divisor=int(config.size_divisor), max_boxes=int(config.max_boxes_of_image),
-        box_offset=float(config.box_offset), random_flip=training, seed=seed),
+        box_offset=float(config.box_offset), random_flip=training, seed=seed)),
         num_parallel_calls=num_parallel_calls, deterministic=True)
     data = batch_elements(data, batch_size, drop_remainder=drop_remainder, group_by_aspect_ratio=group_by_aspect_ratio)
     return data.prefetch(tf.data.AUTOTUNE)

@@ -157,7 +157,7 @@ def inference_function(detector, image_dtype="float32", channels=3):
     import tensorflow as tf
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, channels], image_dtype),
-                                  tf.TensorSpec([None, 5], tf.float32)])
+                                  tf.TensorSpec([None, 5], tf.float32)], autograph=False)
     def infer(images, image_info):
         return detector({"images": images, "image_info": image_info})
 

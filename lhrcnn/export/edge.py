@@ -82,7 +82,8 @@ def edge_function(detector, input_size, category_ids, resize=True):
     table = np.asarray([0] + [int(c) for c in category_ids[1:]], np.float32)
     height, width = input_size
 
-    @tf.function(input_signature=[tf.TensorSpec([1, height, width, 3], tf.uint8, name=edge_runtime.INPUT_NAME)])
+    @tf.function(input_signature=[tf.TensorSpec([1, height, width, 3], tf.uint8, name=edge_runtime.INPUT_NAME)],
+                 autograph=False)
     def detect(images):
         if resize:
             padded, image_info = preprocess_for_eval(tf.cast(images, tf.float32), config)

@@ -195,11 +195,12 @@ class ServingModule(tf.Module):
             detections = detector({"images": images, "image_info": image_info}, training=False)
             return serving_outputs(detections, image_info, tf.constant(table))
 
-        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name=IMAGES_INPUT)])
+        @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name=IMAGES_INPUT)],
+                     autograph=False)
         def serve_images(images):
             return detect(*preprocess_images(check_images(images), config))
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT)])
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT)], autograph=False)
         def serve_bytes(image_bytes):
             return detect(*preprocess_encoded(check_image_bytes(image_bytes), config))
 

@@ -43,7 +43,7 @@ def recompute_batch_norm_statistics(detector, batches, num_batches, strategy=Non
         for layer, attr in layers:  # momentum 0: after a pass, moving = that batch's statistics
             setattr(layer, attr, 0.0)
 
-        @tf.function
+        @tf.function(autograph=False)
         def forward(iterator):
             strategy.run(lambda batch: detector.compute_losses(batch, training=True)["total"],
                          args=(next(iterator),))

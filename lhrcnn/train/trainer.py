@@ -135,7 +135,8 @@ class TrainingEvaluator:
         spec = {"images": tf.TensorSpec([None, None, None, 3], tf.float32),
                 "image_info": tf.TensorSpec([None, 5], tf.float32)}
         # traced once; run_inference's own wrapper around it then only adds a call
-        self._infer = tf.function(lambda inputs: self.model(inputs, training=False), input_signature=[spec])
+        self._infer = tf.function(lambda inputs: self.model(inputs, training=False), input_signature=[spec],
+                                  autograph=False)
         ours, theirs = self.model.variables, detector.variables
         mismatch = [(a.name, a.shape, b.shape) for a, b in zip(ours, theirs) if a.shape != b.shape]
         if len(ours) != len(theirs) or mismatch:
@@ -371,7 +372,7 @@ class Trainer:
         self.optimizer.apply_gradients(out, skip_gradients_aggregation=True)
         return losses
 
-    @tf.function
+    @tf.function(autograph=False)
     def _train_step(self, iterator):
         losses = self.strategy.run(self._replica_step, args=(next(iterator),))
         return {k: self.strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in losses.items()}
