@@ -283,7 +283,8 @@ class Config:
              f"large_separable_out_channels ({self.large_separable_out_channels}) must be divisible by "
              f"ps_group_size² ({self.ps_group_size ** 2})")
         need(self.ops_backend in (None, "custom", "tf"), f"ops_backend must be None, 'custom' or 'tf'")
-        need(_is_integer(self.max_image_pixels) and self.max_image_pixels >= 1, f"max_image_pixels must be a positive integer, got {self.max_image_pixels!r}")
+        need(_is_integer(self.max_image_pixels) and self.max_image_pixels >= 1,
+             f"max_image_pixels must be a positive integer, got {self.max_image_pixels!r}")
         need(self.seed is None or (_is_integer(self.seed) and 0 <= self.seed < 2 ** 32),
              f"seed must be None or an integer in [0, 2**32), got {self.seed!r}")
         need(self.optimizer in ("momentum", "adam"), f"optimizer must be 'momentum' or 'adam', got {self.optimizer!r}")
