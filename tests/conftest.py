@@ -55,14 +55,15 @@ def _uses_a_module_fixture(item):
     return any(fixturedefs and fixturedefs[-1].scope == "module" for fixturedefs in defs.values())
 
 
-@pytest.hookimpl(tryfirst=True)
+@pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(config, items):
     """Units of work for parallel runs (`make test` runs pytest-xdist with --dist loadgroup). A unit
     runs in one worker, in file order: the tests of a module, sharing its module fixtures, except a
     slow test that uses no module fixture, which is a unit of its own; a module that shares costly
     material otherwise (a module-level cache) names its own `xdist_group`. Units run costliest first
     (the sum of their `slow` marks' `seconds`, a scheduling hint that nothing checks), so that no
-    long test starts last. Without xdist only the order changes."""
+    long test starts last. Without xdist only the order changes. A hook wrapper: the marks must be
+    on the items before pytest-xdist's own hook reads them into the node ids."""
     units = {}
     for index, item in enumerate(items):
         mark = item.get_closest_marker("slow")
@@ -78,6 +79,7 @@ def pytest_collection_modifyitems(config, items):
         units[unit] = (first, cost + (mark.kwargs.get("seconds", 1) if mark else 0))
         item.stash[_UNIT] = unit
     items.sort(key=lambda item: (-units[item.stash[_UNIT]][1], units[item.stash[_UNIT]][0]))
+    return (yield)
 
 
 _UNIT = pytest.StashKey[str]()
