@@ -47,6 +47,10 @@ LIBRARY_NAME = "_lhrcnn_ops.so"
 RECORD_NAME = "_lhrcnn_ops.json"
 CPU_SOURCES = ["roi_pooling_cpu.cc", "nms_cpu.cc", "roi_align_ops.cc", "ps_roi_pool_ops.cc", "nms_ops.cc"]
 CUDA_SOURCES = ["roi_pooling.cu.cc", "nms.cu.cc"]
+# The CUDA harness's C ABI over the same launchers and CPU kernels, linked into the op library too:
+# `ops/harness/run_harness.py --lib lhrcnn/_lhrcnn_ops.so` then checks the very binary TensorFlow
+# loads, its own CUDA runtime beside TensorFlow's (nvcc; without CUDA, its CPU part, by g++).
+HARNESS_SHIM = os.path.join("ops", "harness", "harness_api.cu.cc")
 FIX_HINT = "fix the cause, then `pip install --force-reinstall --no-deps .` or `make ops`"
 
 
@@ -183,6 +187,7 @@ def _compile_and_link(library, info, verbose):
         nvflags = ["-std=c++17", "-O3", "-fmad=false", "-Xcompiler", "-fPIC", f"-I{KERNELS}", "-x", "cu"] + gencode
         for src in CUDA_SOURCES:
             jobs.append((src, src.replace(".cu.cc", ".cu.o"), [nvcc] + nvflags + ["-c", os.path.join(KERNELS, src)]))
+        jobs.append((HARNESS_SHIM, "harness_api.cu.o", [nvcc] + nvflags + ["-c", HARNESS_SHIM]))
         # The static CUDA runtime of this nvcc, linked before TensorFlow's framework library (which
         # exports the runtime API of the CUDA TensorFlow was built with: listed first, it would
         # resolve every cuda* symbol and the static runtime would never be used), its symbols kept
@@ -195,6 +200,9 @@ def _compile_and_link(library, info, verbose):
                                  f"for CUDA {version[0]}.{version[1]} or newer")
     for src in CPU_SOURCES:
         jobs.append((src, src.replace(".cc", ".o"), [cxx] + cxxflags + ["-c", os.path.join(KERNELS, src)]))
+    if not nvcc:
+        jobs.append((HARNESS_SHIM, "harness_api_cpu.o",
+                     [cxx] + cxxflags + ["-DHARNESS_CPU_ONLY", "-x", "c++", "-c", HARNESS_SHIM]))
 
     # One cache folder per set of flags: switching TensorFlow, compiler or CUDA back and forth
     # reuses each set's objects, and a failed build never mixes objects of two sets.
@@ -209,7 +217,8 @@ def _compile_and_link(library, info, verbose):
         if not os.path.exists(_abs(obj)):
             return True
         t = os.path.getmtime(_abs(obj))
-        return os.path.getmtime(_abs(os.path.join(KERNELS, src))) > t or newest_header > t
+        source = src if os.sep in src else os.path.join(KERNELS, src)
+        return os.path.getmtime(_abs(source)) > t or newest_header > t
 
     objects = [os.path.join(cache, name) for _, name, _ in jobs]
     todo = [(src, obj, cmd + ["-o", obj + ".tmp"]) for (src, _, cmd), obj in zip(jobs, objects) if stale(src, obj)]
@@ -342,7 +351,7 @@ class BuildOpsExt(build_ext):
         return {}
 
     def get_source_files(self):
-        return [os.path.join(KERNELS, f) for f in sorted(os.listdir(_abs(KERNELS)))]
+        return [os.path.join(KERNELS, f) for f in sorted(os.listdir(_abs(KERNELS)))] + [HARNESS_SHIM]
 
 
 class BuildOps(Command):

@@ -1,5 +1,7 @@
 """ctypes bindings of libharness.so (harness_api.cu.cc) and two backends with the same calls: the CPU
-kernels on host arrays, and the CUDA launchers on device copies. Used by run_harness.py.
+kernels on host arrays, and the CUDA launchers on device copies. Used by run_harness.py. The TF op
+library (lhrcnn/_lhrcnn_ops.so) carries the same C ABI: loaded in its place, with TensorFlow's
+framework library it links against, the checks run on the binary TensorFlow loads.
 
 Every output buffer is filled with garbage first (NaN / 0x7f7f7f7f), so a kernel that leaves an
 element unwritten is caught by the comparison.
@@ -73,7 +75,16 @@ def load_library(path):
     if not os.path.exists(path):
         raise SetupError(f"no harness library at {path}: run `bash ops/harness/build.sh` first "
                          "(HARNESS_CPU_ONLY=1 for the CPU-only variant)")
-    lib = ctypes.CDLL(path)
+    try:
+        lib = ctypes.CDLL(path)
+    except OSError as exc:
+        if "libtensorflow_framework" not in str(exc):
+            raise SetupError(f"cannot load {path}: {exc}") from None
+        _load_tensorflow_framework(path)
+        lib = ctypes.CDLL(path)
+    if not hasattr(lib, "harness_abi_version"):
+        raise SetupError(f"{path} has no harness ABI (harness_abi_version): an op library built before the "
+                         "harness was linked into it? Rebuild it (`make ops`)")
     for name, (restype, argtypes) in CPU_SIGNATURES.items():
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = restype, argtypes
@@ -84,6 +95,25 @@ def load_library(path):
             fn = getattr(lib, name)
             fn.restype, fn.argtypes = restype, argtypes
     return lib
+
+
+def _load_tensorflow_framework(path):
+    """Loads the libtensorflow_framework.so.2 of the installed TensorFlow (found without importing
+    it), for the op library at `path`, which names it as a dependency: loaded first, it satisfies
+    that dependency by its soname. Its symbols stay local: loaded globally, the BoringSSL inside
+    it would interpose on the libcrypto that Python's hashlib uses."""
+    import importlib.util
+    spec = importlib.util.find_spec("tensorflow")
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    found = [os.path.join(f, "libtensorflow_framework.so.2") for f in folders
+             if os.path.exists(os.path.join(f, "libtensorflow_framework.so.2"))]
+    if not found:
+        raise SetupError(f"{path} is the TF op library: it needs TensorFlow's libtensorflow_framework.so.2, and "
+                         "no TensorFlow is installed for this Python (use ops/harness/build/libharness.so instead)")
+    try:
+        ctypes.CDLL(found[0])
+    except OSError as exc:
+        raise SetupError(f"cannot load {found[0]} for {path}: {exc}") from None
 
 
 def default_library(cpu_only):

@@ -739,7 +739,9 @@ BENCH_SHAPES = {
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--lib", help="path of libharness.so (default: ops/harness/build/libharness.so; with "
-                                   "--cpu-only the newer of it and libharness_cpu.so)")
+                                   "--cpu-only the newer of it and libharness_cpu.so), or of the TF op library "
+                                   "lhrcnn/_lhrcnn_ops.so, which carries the same C ABI (needs TensorFlow "
+                                   "installed, not imported)")
     ap.add_argument("--reference", default=DEFAULT_REFERENCE, help="the NumPy reference module (a .py path)")
     ap.add_argument("--cpu-only", action="store_true", help="CPU kernels against the reference; no GPU needed")
     ap.add_argument("--json", help="write timings and the summary to this json file")

@@ -97,3 +97,35 @@ def test_driver_cpu_only_matches_the_numpy_reference(tmp_path):
     passed = int(lines[-1].split(" passed")[0])
     assert passed >= 90, f"only {passed} checks ran:\n{proc.stdout[-3000:]}"
     assert report.is_file()
+
+
+@pytest.mark.skipif(not os.path.exists(REFERENCE), reason="tests/support/reference_ops.py (the NumPy reference) "
+                                                          "does not exist yet")
+def test_the_op_library_itself_carries_the_abi_and_passes_the_cpu_checks(tmp_path):
+    """The binary TensorFlow loads (lhrcnn/_lhrcnn_ops.so) exports the harness's C ABI, its CUDA
+    part when it was built with CUDA, and passes `run_harness.py --cpu-only` loaded in a process
+    that never imports TensorFlow (the driver loads TF's framework library for it)."""
+    import json
+
+    from lhrcnn import ops
+    library = os.path.join(ROOT, "lhrcnn", "_lhrcnn_ops.so")
+    assert ops.custom_ops_available(), ops.custom_ops_load_error()
+    with open(os.path.join(ROOT, "lhrcnn", "_lhrcnn_ops.json")) as f:
+        cuda = json.load(f).get("cuda")
+    report = tmp_path / "report.json"
+    proc = subprocess.run([sys.executable, "-c", "import runpy, sys\n"
+                           "code = runpy.run_path(sys.argv[1])['main'](sys.argv[2:])\n"
+                           "assert 'tensorflow' not in sys.modules, 'the driver imported TensorFlow'\n"
+                           "sys.exit(code)",
+                           DRIVER, "--cpu-only", "--lib", library, "--reference", REFERENCE, "--json", str(report)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    lines = proc.stdout.strip().splitlines()
+    assert proc.returncode == 0, f"run_harness.py --cpu-only --lib {library} failed ({proc.returncode}):\n" \
+                                 f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert f"library: {library} ({'CUDA' if cuda else 'CPU-only'} build)" in proc.stdout, proc.stdout[:500]
+    assert lines[-1].split(" passed, ")[1].startswith("0 failed"), lines[-1:]
+    assert int(lines[-1].split(" passed")[0]) >= 90, proc.stdout[-3000:]
+    missing = [name for name in CPU_SYMBOLS + (GPU_SYMBOLS if cuda else [])
+               if name not in subprocess.run(["nm", "-D", "--defined-only", library], capture_output=True,
+                                             text=True).stdout.split()]
+    assert missing == [], missing
