@@ -7,17 +7,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _share_the_cores():
-    """In a parallel run (pytest-xdist), the scripts a test starts (training, evaluation, export)
-    get this worker's share of the cores for TensorFlow's intra-op pool: two trainings side by
-    side on 2 cores, each with a 2-thread pool, spent 11-14% more CPU than with one thread each
-    (threads that wait for each other across processes). The worker itself keeps the whole
-    machine, so that the op tests run the kernels' multi-threaded paths."""
+    """In a parallel run (pytest-xdist), each worker, and the scripts its tests start (training,
+    evaluation, export), gets its share of the cores for TensorFlow's intra-op pool: two
+    trainings side by side on 2 cores, each with a 2-thread pool, spent 11-14% more CPU than with
+    one thread each (threads that wait for each other across processes). The kernels'
+    multi-threaded paths stay covered: tests/ops/test_ops_determinism.py runs the ops with 1 and
+    2 threads in processes of their own and requires the same bits."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if workers > 1 and "TF_NUM_INTRAOP_THREADS" not in os.environ:
         os.environ["TF_NUM_INTRAOP_THREADS"] = str(max(1, cores // workers))
-        import tensorflow as tf
-        tf.config.threading.set_intra_op_parallelism_threads(cores)
 
 
 _share_the_cores()
