@@ -132,8 +132,8 @@ def test_the_readme_recipes_run_as_written(tmp_path):
     ran = []
     for line in lines:
         argv = [a.replace("/models/", f"{models}/") for a in lhrcnn_argv(line)]
-        if argv[0] == "train":
-            argv += ["--steps", "2"]
+        if argv[0] == "train":  # 2 steps, and precise BN over 2 batches instead of the template's 50
+            argv += ["--steps", "2", "--set", "precise_bn_batches=2"]
         _run(["-m", "lhrcnn", *argv], cwd=str(work))
         ran.append(argv[0])
         if argv[0] == "export" and "--format" not in argv:  # the SavedModel the predict recipe reads
