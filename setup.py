@@ -186,7 +186,8 @@ def _compile_and_link(library, info, verbose):
         gencode += ["-gencode", f"arch=compute_{max(archs)},code=compute_{max(archs)}"]
         nvflags = ["-std=c++17", "-O3", "-fmad=false", "-Xcompiler", "-fPIC", f"-I{KERNELS}", "-x", "cu"] + gencode
         for src in CUDA_SOURCES:
-            jobs.append((src, src.replace(".cu.cc", ".cu.o"), [nvcc] + nvflags + ["-c", os.path.join(KERNELS, src)]))
+            path = os.path.join(KERNELS, src)
+            jobs.append((path, src.replace(".cu.cc", ".cu.o"), [nvcc] + nvflags + ["-c", path]))
         jobs.append((HARNESS_SHIM, "harness_api.cu.o", [nvcc] + nvflags + ["-c", HARNESS_SHIM]))
         # The static CUDA runtime of this nvcc, linked before TensorFlow's framework library (which
         # exports the runtime API of the CUDA TensorFlow was built with: listed first, it would
@@ -199,7 +200,8 @@ def _compile_and_link(library, info, verbose):
                     cuda_runtime=f"static libcudart {version[0]}.{version[1]} linked in; needs an NVIDIA driver "
                                  f"for CUDA {version[0]}.{version[1]} or newer")
     for src in CPU_SOURCES:
-        jobs.append((src, src.replace(".cc", ".o"), [cxx] + cxxflags + ["-c", os.path.join(KERNELS, src)]))
+        path = os.path.join(KERNELS, src)
+        jobs.append((path, src.replace(".cc", ".o"), [cxx] + cxxflags + ["-c", path]))
     if not nvcc:
         jobs.append((HARNESS_SHIM, "harness_api_cpu.o",
                      [cxx] + cxxflags + ["-DHARNESS_CPU_ONLY", "-x", "c++", "-c", HARNESS_SHIM]))
@@ -217,8 +219,7 @@ def _compile_and_link(library, info, verbose):
         if not os.path.exists(_abs(obj)):
             return True
         t = os.path.getmtime(_abs(obj))
-        source = src if os.sep in src else os.path.join(KERNELS, src)
-        return os.path.getmtime(_abs(source)) > t or newest_header > t
+        return os.path.getmtime(_abs(src)) > t or newest_header > t
 
     objects = [os.path.join(cache, name) for _, name, _ in jobs]
     todo = [(src, obj, cmd + ["-o", obj + ".tmp"]) for (src, _, cmd), obj in zip(jobs, objects) if stale(src, obj)]
@@ -229,7 +230,7 @@ def _compile_and_link(library, info, verbose):
             futures = {pool.submit(_compile, obj, cmd): src for src, obj, cmd in todo}
             for f in concurrent.futures.as_completed(futures):
                 f.result()
-                _log(f"  compiled {futures[f]}")
+                _log(f"  compiled {os.path.basename(futures[f])}")
     linked_key = _read_record(os.path.join(os.path.dirname(library), RECORD_NAME)).get("cache_key")
     if todo or not os.path.exists(library) or linked_key != key or \
             os.path.getmtime(library) < max(os.path.getmtime(_abs(o)) for o in objects):

@@ -105,8 +105,7 @@ def _load_tensorflow_framework(path):
     import importlib.util
     spec = importlib.util.find_spec("tensorflow")
     folders = list(spec.submodule_search_locations or []) if spec else []
-    found = [os.path.join(f, "libtensorflow_framework.so.2") for f in folders
-             if os.path.exists(os.path.join(f, "libtensorflow_framework.so.2"))]
+    found = [p for p in (os.path.join(f, "libtensorflow_framework.so.2") for f in folders) if os.path.exists(p)]
     if not found:
         raise SetupError(f"{path} is the TF op library: it needs TensorFlow's libtensorflow_framework.so.2, and "
                          "no TensorFlow is installed for this Python (use ops/harness/build/libharness.so instead)")

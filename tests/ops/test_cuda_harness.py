@@ -87,16 +87,23 @@ def test_driver_cpu_only_matches_the_numpy_reference(tmp_path):
     info = _probe(library, CPU_SYMBOLS)
     assert info["missing"] == [] and info["has_cuda"] == 0, info
     report = tmp_path / "report.json"
-    proc = subprocess.run([sys.executable, DRIVER, "--cpu-only", "--lib", str(library), "--reference", REFERENCE,
+    _run_cpu_checks([DRIVER], library, report)
+    assert report.is_file()
+
+
+def _run_cpu_checks(command, library, report):
+    """`command` (the driver, or an interpreter line that runs it) with `--cpu-only --lib library`:
+    exit status 0, nothing failed, at least 90 checks ran. Returns its stdout."""
+    proc = subprocess.run([sys.executable, *command, "--cpu-only", "--lib", str(library), "--reference", REFERENCE,
                            "--json", str(report)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     lines = proc.stdout.strip().splitlines()
     failures = "\n".join(line for line in lines if line.startswith("FAIL"))
-    assert proc.returncode == 0, f"run_harness.py --cpu-only failed ({proc.returncode}):\n{failures}\n" \
-                                 f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, f"run_harness.py --cpu-only --lib {library} failed ({proc.returncode}):\n" \
+                                 f"{failures}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     assert lines and lines[-1].split(" passed, ")[1].startswith("0 failed"), lines[-1:]
     passed = int(lines[-1].split(" passed")[0])
     assert passed >= 90, f"only {passed} checks ran:\n{proc.stdout[-3000:]}"
-    assert report.is_file()
+    return proc.stdout
 
 
 @pytest.mark.skipif(not os.path.exists(REFERENCE), reason="tests/support/reference_ops.py (the NumPy reference) "
@@ -112,20 +119,11 @@ def test_the_op_library_itself_carries_the_abi_and_passes_the_cpu_checks(tmp_pat
     assert ops.custom_ops_available(), ops.custom_ops_load_error()
     with open(os.path.join(ROOT, "lhrcnn", "_lhrcnn_ops.json")) as f:
         cuda = json.load(f).get("cuda")
-    report = tmp_path / "report.json"
-    proc = subprocess.run([sys.executable, "-c", "import runpy, sys\n"
+    out = _run_cpu_checks(["-c", "import runpy, sys\n"
                            "code = runpy.run_path(sys.argv[1])['main'](sys.argv[2:])\n"
                            "assert 'tensorflow' not in sys.modules, 'the driver imported TensorFlow'\n"
-                           "sys.exit(code)",
-                           DRIVER, "--cpu-only", "--lib", library, "--reference", REFERENCE, "--json", str(report)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
-    lines = proc.stdout.strip().splitlines()
-    assert proc.returncode == 0, f"run_harness.py --cpu-only --lib {library} failed ({proc.returncode}):\n" \
-                                 f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    assert f"library: {library} ({'CUDA' if cuda else 'CPU-only'} build)" in proc.stdout, proc.stdout[:500]
-    assert lines[-1].split(" passed, ")[1].startswith("0 failed"), lines[-1:]
-    assert int(lines[-1].split(" passed")[0]) >= 90, proc.stdout[-3000:]
-    missing = [name for name in CPU_SYMBOLS + (GPU_SYMBOLS if cuda else [])
-               if name not in subprocess.run(["nm", "-D", "--defined-only", library], capture_output=True,
-                                             text=True).stdout.split()]
+                           "sys.exit(code)", DRIVER], library, tmp_path / "report.json")
+    assert f"library: {library} ({'CUDA' if cuda else 'CPU-only'} build)" in out, out[:500]
+    exported = subprocess.run(["nm", "-D", "--defined-only", library], capture_output=True, text=True).stdout.split()
+    missing = [name for name in CPU_SYMBOLS + (GPU_SYMBOLS if cuda else []) if name not in exported]
     assert missing == [], missing
