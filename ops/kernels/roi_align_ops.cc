@@ -161,7 +161,7 @@ class AlignGradOp : public OpKernel {
 #endif
     } else {
       OP_REQUIRES_OK(ctx, tfglue::CheckRoisCpu(op, rois, fs.batch));
-      if (p_.max_pool) OP_REQUIRES_OK(ctx, tfglue::CheckArgmaxCpu(op, argmax, p_.samples()));
+      if (p_.max_pool) OP_REQUIRES_OK(ctx, tfglue::CheckArgmaxCpu(ctx, op, argmax, p_.samples()));
       Tensor workspace;
       OP_REQUIRES_OK(ctx, tfglue::AllocateWorkspace(ctx, RoiAlignCpuWorkspace(p_, fs), &workspace));
       RoiAlignBackwardCpu(p_, fs, rois.flat<float>().data(), num_rois, grad.flat<float>().data(),

@@ -65,6 +65,9 @@ void PsRoiPoolBackwardCpu(const PsPoolParams& p, const FeatureShape& fs, const f
                           int num_rois, const float* grad_out, float* grad_features,
                           float* workspace, const ParallelFor& pf);
 
+// Index of the first argmax value outside [0, samples), or -1 when all are valid.
+int64_t FirstInvalidArgmaxCpu(const int32_t* argmax, int64_t n, int samples, const ParallelFor& pf);
+
 // First invalid RoI (index into rois, or -1) and its RoiError code, on the host.
 int FirstInvalidRoiCpu(const float* rois, int num_rois, int batch, int* code);
 

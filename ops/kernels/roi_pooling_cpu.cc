@@ -119,19 +119,50 @@ __attribute__((always_inline)) inline void TransposePixels(const float* src, flo
           for (int i = 0; i < 8; ++i) Store<v8f>(n_dst + (k0 + i) * P + p0, r[i]);
         }
       }
-      for (; k0 < K; ++k0)
-        for (int j = 0; j < 8; ++j) {
-          if (kToPlanes) q_dst[(p0 + j) * plane_stride + k0] = n_src[k0 * P + p0 + j];
-          else n_dst[k0 * P + p0 + j] = q_src[(p0 + j) * plane_stride + k0];
+      if (k0 < K) {
+        // The last K - k0 < 8 rows, as one block with zero rows below them: a plane's lanes
+        // k0 .. kp (at most 8, the pad lanes included) in one store or load.
+        const int rows = K - k0, width = kp - k0;
+        v8f r[8];
+        if (kToPlanes) {
+          for (int i = 0; i < 8; ++i) r[i] = i < rows ? Load<v8f>(n_src + (k0 + i) * P + p0) : v8f{};
+          Transpose8x8(r);
+          for (int j = 0; j < 8; ++j) {
+            float* q = q_dst + (p0 + j) * plane_stride + k0;
+            if (width == 8) {
+              Store<v8f>(q, r[j]);
+            } else if (width == 4) {
+              Store<v4f>(q, v4f{r[j][0], r[j][1], r[j][2], r[j][3]});
+            } else {
+              for (int l = 0; l < width; ++l) q[l] = r[j][l];
+            }
+          }
+        } else {
+          for (int j = 0; j < 8; ++j) {
+            const float* q = q_src + (p0 + j) * plane_stride + k0;
+            if (width == 8) {
+              r[j] = Load<v8f>(q);
+            } else if (width == 4) {
+              const v4f h = Load<v4f>(q);
+              r[j] = v8f{h[0], h[1], h[2], h[3], 0.f, 0.f, 0.f, 0.f};
+            } else {
+              r[j] = v8f{};
+              for (int l = 0; l < width; ++l) r[j][l] = q[l];
+            }
+          }
+          Transpose8x8(r);
+          for (int i = 0; i < rows; ++i) Store<v8f>(n_dst + (k0 + i) * P + p0, r[i]);
         }
+      }
     }
+    const int tail = p0;  // planes from here on were copied element by element
     for (; p0 < P; ++p0)
       for (int k = 0; k < K; ++k) {
         if (kToPlanes) q_dst[p0 * plane_stride + k] = n_src[k * P + p0];
         else n_dst[k * P + p0] = q_src[p0 * plane_stride + k];
       }
     if (kToPlanes)
-      for (int p = 0; p < P; ++p)
+      for (int p = tail; p < P; ++p)
         for (int k = K; k < kp; ++k) q_dst[p * plane_stride + k] = 0.f;
   }
 }
@@ -364,7 +395,231 @@ void ScatterBins(const AlignParams& p, const TapTable& table, float* plane, int 
   }
 }
 
+// Maps of at most 16 lanes per bin (KP = 4, 8, 12 or 16; PS-RoI-Align's usual K = 10 is one):
+// one bin's lanes and each sample's weights and tap addresses stay in registers, which the
+// general loops above round-trip through the SampleTaps array, a memory dependency on every
+// load's address. Per lane the operations and their order are those of PoolLanes and
+// ScatterLanes, so the results are the same bits.
+template <int KP>
+struct SmallLanes {
+  static constexpr int kGroups8 = KP / 8;          // whole 8-lane groups
+  static constexpr bool kHas4 = KP % 8 != 0;      // and one 4-lane group after them
+  static constexpr int kSlots = kGroups8 > 0 ? kGroups8 : 1;
+};
+
+// Folds sample s's value into the running max (with its winner) or sum.
+template <typename VF, typename VI>
+__attribute__((always_inline)) inline void FoldSample(bool max_pool, int s, VF value, VF& acc, VI& arg) {
+  if (s == 0) {
+    acc = value;
+  } else if (max_pool) {
+    const VI better = value > acc;  // strict: the first maximal sample wins
+    acc = (VF)(((VI)value & better) | ((VI)acc & ~better));
+    arg = (s & better) | (arg & ~better);
+  } else {
+    acc += value;
+  }
+}
+
+// Stores the first n lanes of v (all of them when n >= the vector's width).
+template <typename VF>
+__attribute__((always_inline)) inline void StoreFirst(float* dst, VF v, int n) {
+  constexpr int L = sizeof(VF) / sizeof(float);
+  if (n >= L) {
+    Store<VF>(dst, v);
+  } else {
+    for (int l = 0; l < L; ++l)  // conditional stores: no library call for the tail
+      if (l < n) dst[l] = v[l];
+  }
+}
+
+// Loads the first n lanes from src, the others zero.
+template <typename VF>
+__attribute__((always_inline)) inline VF LoadFirst(const float* src, int n) {
+  constexpr int L = sizeof(VF) / sizeof(float);
+  if (n >= L) return Load<VF>(src);
+  VF v = {};
+  for (int l = 0; l < L; ++l)
+    if (l < n) v[l] = src[l];
+  return v;
+}
+
+// PoolBins for KP lanes per pixel (k_count real ones).
+template <int KP>
+__attribute__((always_inline)) inline void PoolSmall(const AlignParams& p, const TapTable& table, const float* plane,
+                                                     int k_count, int width, const BinRange& range, float* out,
+                                                     int32_t* argmax) {
+  using Lanes = SmallLanes<KP>;
+  constexpr int G8 = Lanes::kGroups8, T4 = 8 * G8;  // T4: the 4-lane group's first lane
+  const int Sh = p.sample_h, Sw = p.sample_w;
+  const int64_t row = static_cast<int64_t>(width) * KP;
+  for (int64_t i = range.begin; i < range.end; ++i) {
+    const int64_t r = table.order[i];
+    for (int ph = range.ph0; ph < range.ph1; ++ph)
+      for (int pw = range.pw0; pw < range.pw1; ++pw) {
+        const AxisTap* ty = &table.y[(ph * table.n + i) * Sh];
+        const AxisTap* tx = &table.x[(pw * table.n + i) * Sw];
+        v8f acc8[Lanes::kSlots] = {};
+        v8i arg8[Lanes::kSlots] = {};
+        v4f acc4 = {};
+        v4i arg4 = {};
+        for (int iy = 0; iy < Sh; ++iy) {
+          const float* lo_row = plane + ty[iy].lo * row;
+          const float* hi_row = plane + ty[iy].hi * row;
+          for (int ix = 0; ix < Sw; ++ix) {
+            const AxisTap& t = tx[ix];
+            // The four taps and weights of MakeSampleTaps.
+            const float w1 = ty[iy].wlo * t.wlo, w2 = ty[iy].wlo * t.whi;
+            const float w3 = ty[iy].whi * t.wlo, w4 = ty[iy].whi * t.whi;
+            const float* a = lo_row + t.lo * KP;
+            const float* b = lo_row + t.hi * KP;
+            const float* c = hi_row + t.lo * KP;
+            const float* d = hi_row + t.hi * KP;
+            const int s = iy * Sw + ix;
+            for (int g = 0; g < G8; ++g) {
+              const int k = 8 * g;
+              const v8f value = w1 * Load<v8f>(a + k) + w2 * Load<v8f>(b + k) + w3 * Load<v8f>(c + k) +
+                                w4 * Load<v8f>(d + k);
+              FoldSample(p.max_pool, s, value, acc8[g], arg8[g]);
+            }
+            if (Lanes::kHas4) {
+              const v4f value = w1 * Load<v4f>(a + T4) + w2 * Load<v4f>(b + T4) + w3 * Load<v4f>(c + T4) +
+                                w4 * Load<v4f>(d + T4);
+              FoldSample(p.max_pool, s, value, acc4, arg4);
+            }
+          }
+        }
+        const int64_t o = ((r * p.pooled_h + ph) * p.pooled_w + pw) * k_count;
+        const float count = static_cast<float>(Sh * Sw);
+        for (int g = 0; g < G8; ++g) {
+          if (!p.max_pool) acc8[g] /= count;
+          StoreFirst<v8f>(out + o + 8 * g, acc8[g], k_count - 8 * g);
+          if (argmax) StoreFirst<v8f>(reinterpret_cast<float*>(argmax + o + 8 * g), (v8f)arg8[g], k_count - 8 * g);
+        }
+        if (Lanes::kHas4) {
+          if (!p.max_pool) acc4 /= count;
+          StoreFirst<v4f>(out + o + T4, acc4, k_count - T4);
+          if (argmax) StoreFirst<v4f>(reinterpret_cast<float*>(argmax + o + T4), (v4f)arg4, k_count - T4);
+        }
+      }
+  }
+}
+
+// ScatterBins for KP lanes per pixel, all k_count real lanes of a bin in one pass.
+template <int KP>
+__attribute__((always_inline)) inline void ScatterSmall(const AlignParams& p, const TapTable& table, float* plane,
+                                                        int k_count, int width, const BinRange& range,
+                                                        const float* grad_out, const int32_t* argmax) {
+  using Lanes = SmallLanes<KP>;
+  constexpr int G8 = Lanes::kGroups8, T4 = 8 * G8;
+  const int Sh = p.sample_h, Sw = p.sample_w;
+  const int64_t row = static_cast<int64_t>(width) * KP;
+  const float count = static_cast<float>(Sh * Sw);
+  for (int64_t i = range.begin; i < range.end; ++i) {
+    const int64_t r = table.order[i];
+    for (int ph = range.ph0; ph < range.ph1; ++ph)
+      for (int pw = range.pw0; pw < range.pw1; ++pw) {
+        const AxisTap* ty = &table.y[(ph * table.n + i) * Sh];
+        const AxisTap* tx = &table.x[(pw * table.n + i) * Sw];
+        const int64_t o = ((r * p.pooled_h + ph) * p.pooled_w + pw) * k_count;
+        v8f grad8[Lanes::kSlots] = {};
+        v8i arg8[Lanes::kSlots] = {};
+        v4f grad4 = {};
+        v4i arg4 = {};
+        for (int g = 0; g < G8; ++g) {
+          grad8[g] = LoadFirst<v8f>(grad_out + o + 8 * g, k_count - 8 * g);
+          if (p.max_pool) arg8[g] = (v8i)LoadFirst<v8f>(reinterpret_cast<const float*>(argmax + o + 8 * g), k_count - 8 * g);
+        }
+        if (Lanes::kHas4) {
+          grad4 = LoadFirst<v4f>(grad_out + o + T4, k_count - T4);
+          if (p.max_pool) arg4 = (v4i)LoadFirst<v4f>(reinterpret_cast<const float*>(argmax + o + T4), k_count - T4);
+        }
+        for (int iy = 0; iy < Sh; ++iy) {
+          float* lo_row = plane + ty[iy].lo * row;
+          float* hi_row = plane + ty[iy].hi * row;
+          for (int ix = 0; ix < Sw; ++ix) {
+            const AxisTap& t = tx[ix];
+            const float w[4] = {ty[iy].wlo * t.wlo, ty[iy].wlo * t.whi, ty[iy].whi * t.wlo, ty[iy].whi * t.whi};
+            float* const at[4] = {lo_row + t.lo * KP, lo_row + t.hi * KP, hi_row + t.lo * KP, hi_row + t.hi * KP};
+            const int s = iy * Sw + ix;
+            // The taps may alias (clamped at the border): each is added after the one before.
+            for (int j = 0; j < 4; ++j) {
+              for (int g = 0; g < G8; ++g) {
+                const v8f gs = p.max_pool ? (v8f)((v8i)grad8[g] & (arg8[g] == s)) : grad8[g] / count;
+                float* v = at[j] + 8 * g;
+                Store<v8f>(v, Load<v8f>(v) + w[j] * gs);
+              }
+              if (Lanes::kHas4) {
+                const v4f gs = p.max_pool ? (v4f)((v4i)grad4 & (arg4 == s)) : grad4 / count;
+                float* v = at[j] + T4;
+                Store<v4f>(v, Load<v4f>(v) + w[j] * gs);
+              }
+            }
+          }
+        }
+      }
+  }
+}
+
+// PoolBins / ScatterBins, through the register-resident loops when a pixel has at most 16 lanes.
+LHRCNN_MULTIVERSION
+void PoolBinsAnyLanes(const AlignParams& p, const TapTable& table, const float* plane, int k_count, int width,
+                      const BinRange& range, float* out, int32_t* argmax, SampleTaps* taps) {
+  switch (PadLanes(k_count)) {
+    case 4: return PoolSmall<4>(p, table, plane, k_count, width, range, out, argmax);
+    case 8: return PoolSmall<8>(p, table, plane, k_count, width, range, out, argmax);
+    case 12: return PoolSmall<12>(p, table, plane, k_count, width, range, out, argmax);
+    case 16: return PoolSmall<16>(p, table, plane, k_count, width, range, out, argmax);
+    default: return PoolBins(p, table, plane, k_count, width, range, out, argmax, taps);
+  }
+}
+
+LHRCNN_MULTIVERSION
+void ScatterBinsAnyLanes(const AlignParams& p, const TapTable& table, float* plane, int k_count, int k0, int lanes,
+                         int kp, int width, const BinRange& range, const float* grad_out, const int32_t* argmax,
+                         SampleTaps* taps) {
+  if (k0 == 0 && lanes == k_count) {  // the bin's whole pixel, one chunk
+    switch (kp) {
+      case 4: return ScatterSmall<4>(p, table, plane, k_count, width, range, grad_out, argmax);
+      case 8: return ScatterSmall<8>(p, table, plane, k_count, width, range, grad_out, argmax);
+      case 12: return ScatterSmall<12>(p, table, plane, k_count, width, range, grad_out, argmax);
+      case 16: return ScatterSmall<16>(p, table, plane, k_count, width, range, grad_out, argmax);
+      default: break;
+    }
+  }
+  ScatterBins(p, table, plane, k_count, k0, lanes, kp, width, range, grad_out, argmax, taps);
+}
+
 }  // namespace
+
+namespace {
+
+// The largest of a[0 .. n) as unsigned (a negative value counts as larger than any valid one).
+LHRCNN_MULTIVERSION
+uint32_t UnsignedMax(const int32_t* a, int64_t n) {
+  uint32_t largest = 0;
+  for (int64_t i = 0; i < n; ++i) largest = std::max(largest, static_cast<uint32_t>(a[i]));
+  return largest;
+}
+
+}  // namespace
+
+int64_t FirstInvalidArgmaxCpu(const int32_t* argmax, int64_t n, int samples, const ParallelFor& pf) {
+  const int64_t block = 1 << 16, blocks = (n + block - 1) / block;
+  std::vector<char> bad(blocks, 0);
+  pf(blocks, block, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t lo = b * block, len = std::min(n, lo + block) - lo;
+      bad[b] = UnsignedMax(argmax + lo, len) >= static_cast<uint32_t>(samples);
+    }
+  });
+  for (int64_t b = 0; b < blocks; ++b) {
+    if (!bad[b]) continue;
+    for (int64_t i = b * block;; ++i)
+      if (argmax[i] < 0 || argmax[i] >= samples) return i;
+  }
+  return -1;
+}
 
 int64_t RoiAlignCpuWorkspace(const AlignParams& p, const FeatureShape& fs) {
   const int P = p.planes(), K = fs.channels / P;
@@ -400,7 +655,7 @@ void RoiAlignForwardCpu(const AlignParams& p, const FeatureShape& fs, const floa
       std::vector<SampleTaps> taps(S);
       for (int64_t i = begin; i < end; ++i) {
         const float* plane = planes + static_cast<int64_t>(rois[5 * static_cast<int64_t>(order[i])]) * plane_size;
-        PoolBins(p, table, plane, K, W, BinRange{i, i + 1, 0, PH, 0, PW}, out, argmax, taps.data());
+        PoolBinsAnyLanes(p, table, plane, K, W, BinRange{i, i + 1, 0, PH, 0, PW}, out, argmax, taps.data());
       }
     });
     return;
@@ -417,7 +672,7 @@ void RoiAlignForwardCpu(const AlignParams& p, const FeatureShape& fs, const floa
       // The RoIs read the plane at random: stream it into L2 first (sequential prefetches run at
       // bandwidth, the RoIs' first touches would each wait for a miss).
       for (int64_t f = 0; f < plane_size; f += 16) __builtin_prefetch(plane + f, 0, 2);
-      PoolBins(p, table, plane, K, W, range, out, argmax, taps.data());
+      PoolBinsAnyLanes(p, table, plane, K, W, range, out, argmax, taps.data());
     }
   });
 }
@@ -464,7 +719,7 @@ void RoiAlignBackwardCpu(const AlignParams& p, const FeatureShape& fs, const flo
       const int ph0 = P > 1 ? plane_index / PW : 0, ph1 = P > 1 ? ph0 + 1 : PH;
       const int pw0 = P > 1 ? plane_index % PW : 0, pw1 = P > 1 ? pw0 + 1 : PW;
       const BinRange range{by_image.start[b], by_image.start[b + 1], ph0, ph1, pw0, pw1};
-      ScatterBins(p, table, plane, K, k0, lanes, KP, W, range, grad_out, argmax, taps.data());
+      ScatterBinsAnyLanes(p, table, plane, K, k0, lanes, KP, W, range, grad_out, argmax, taps.data());
     }
   });
   if (!in_place) FromPlanes(gplanes, grad_features, fs, P, KP, pf);

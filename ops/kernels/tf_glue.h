@@ -119,16 +119,11 @@ inline Status ArgmaxError(const char* op, int64_t index, int32_t value, int samp
                                  samples, ")");
 }
 
-// Validates the argmax input of a gradient op on the host (CPU kernels): one vectorizable pass
-// (a negative index reads as a large unsigned one), a second only to name a bad entry.
-inline Status CheckArgmaxCpu(const char* op, const Tensor& argmax, int samples) {
+// Validates the argmax input of a gradient op on the host (CPU kernels), on the op's threads.
+inline Status CheckArgmaxCpu(OpKernelContext* ctx, const char* op, const Tensor& argmax, int samples) {
   const int32_t* a = argmax.flat<int32_t>().data();
-  const int64_t n = argmax.NumElements();
-  uint32_t largest = 0;
-  for (int64_t i = 0; i < n; ++i) largest = std::max(largest, static_cast<uint32_t>(a[i]));
-  if (largest < static_cast<uint32_t>(samples)) return ::tensorflow::OkStatus();
-  int64_t bad = 0;
-  while (a[bad] >= 0 && a[bad] < samples) ++bad;
+  const int64_t bad = FirstInvalidArgmaxCpu(a, argmax.NumElements(), samples, CpuParallelFor(ctx));
+  if (bad < 0) return ::tensorflow::OkStatus();
   return ArgmaxError(op, bad, a[bad], samples);
 }
 

@@ -41,7 +41,9 @@ def _grad(fn, features, out_grad):
 @pytest.mark.parametrize("group,k,sampling,pooling", [
     (7, 3, (2, 2), "max"), (7, 2, (2, 2), "avg"), (3, 4, (1, 3), "max"), (2, 1, (3, 2), "avg"),
     # channel counts that take the CPU kernels' 8 x 8 block transposes (P and K >= 8) and their remainders
-    (3, 8, (2, 2), "max"), (4, 17, (2, 1), "avg"), (3, 9, (2, 2), "max")])
+    (3, 8, (2, 2), "max"), (4, 17, (2, 1), "avg"), (3, 9, (2, 2), "max"),
+    # the CPU kernels' register-resident loops for 12 and 16 lanes (Light-Head's K = 10, and 13)
+    (7, 10, (2, 2), "max"), (3, 13, (2, 2), "avg"), (3, 13, (1, 2), "max")])
 def test_ps_roi_align_matches_reference(backend, group, k, sampling, pooling):
     rng = np.random.default_rng(group * 10 + k)
     features = rng.normal(size=(2, 9, 11, k * group * group)).astype(np.float32)
@@ -57,17 +59,19 @@ def test_ps_roi_align_matches_reference(backend, group, k, sampling, pooling):
     np.testing.assert_allclose(_grad(fn, features, out_grad), want_grad, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("size,sampling,pooling,aligned", [
-    ((7, 7), (2, 2), "avg", False), ((3, 5), (1, 3), "max", False), ((4, 4), (2, 2), "avg", True),
-    ((2, 3), (3, 1), "max", True)])
-def test_roi_align_matches_reference(backend, size, sampling, pooling, aligned):
+@pytest.mark.parametrize("size,sampling,pooling,aligned,channels", [
+    ((7, 7), (2, 2), "avg", False, 5), ((3, 5), (1, 3), "max", False, 5), ((4, 4), (2, 2), "avg", True, 5),
+    ((2, 3), (3, 1), "max", True, 5),
+    # more than 16 lanes: the CPU kernels' general loops, the gradient in chunks of 32 lanes
+    ((3, 3), (2, 2), "max", False, 37), ((2, 2), (2, 1), "avg", True, 37)])
+def test_roi_align_matches_reference(backend, size, sampling, pooling, aligned, channels):
     rng = np.random.default_rng(sum(size) + sampling[0])
-    features = rng.normal(size=(3, 8, 10, 5)).astype(np.float32)
+    features = rng.normal(size=(3, 8, 10, channels)).astype(np.float32)
     rois = _rois(rng, 3, 8, 10, 12)
     want, argmax = ref.roi_align_ref(features, rois, size, SCALE, sampling, pooling, aligned)
     fn = lambda f: ops.roi_align(f, rois, size, SCALE, sampling, pooling, aligned, backend=backend)  # noqa: E731
     got = fn(features).numpy()
-    assert got.shape == (len(rois),) + size + (5,)
+    assert got.shape == (len(rois),) + size + (channels,)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     out_grad = rng.normal(size=got.shape).astype(np.float32)
     want_grad = ref.roi_align_grad_ref(features.shape, rois, out_grad, size, SCALE, sampling, pooling,
