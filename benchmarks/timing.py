@@ -1,9 +1,28 @@
 """Timing helpers for the benchmarks: median wall time after warm-up, the machine's copy
-bandwidth (the memory-traffic floor), and a plain-text table."""
+bandwidth (the memory-traffic floor), and a plain-text table.
+
+Python's garbage collector is off while calls are timed (as `timeit` does): with TensorFlow
+loaded a collection walks millions of objects, and where it lands depends on how many Python
+objects the calls before it allocated, not on the work being timed."""
+import contextlib
+import gc
 import statistics
 import time
 
 import numpy as np
+
+
+@contextlib.contextmanager
+def _collector_off():
+    """The garbage collector off (after one collection) for the block, restored after it."""
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def median_seconds(fn, warmup=3, repeats=15, min_time=0.0):
@@ -11,11 +30,12 @@ def median_seconds(fn, warmup=3, repeats=15, min_time=0.0):
     for _ in range(warmup):
         fn()
     times = []
-    start = time.perf_counter()
-    while len(times) < repeats or time.perf_counter() - start < min_time:
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
+    with _collector_off():
+        start = time.perf_counter()
+        while len(times) < repeats or time.perf_counter() - start < min_time:
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
     return statistics.median(times)
 
 
@@ -27,11 +47,12 @@ def interleaved_medians(fns, warmup=5, repeats=15):
         for fn in fns.values():
             fn()
     times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
+    with _collector_off():
+        for _ in range(repeats):
+            for name, fn in fns.items():
+                t = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
