@@ -98,80 +98,80 @@ __attribute__((always_inline)) inline void TransposePixels(const float* src, flo
   const int64_t C = static_cast<int64_t>(P) * K, plane_stride = hw * kp;
   // Back from planes: eight planes at a time over the block's pixels, so that a pass reads eight
   // runs of consecutive pixels (which the prefetchers follow) rather than P of them, while the
-  // block's pixels stay in cache from one pass to the next (measured: the backward pass about
-  // 0.2 ms faster on the benchmark case; the forward direction gained nothing, so it keeps one pass).
+  // block's pixels stay in cache from one pass to the next. To planes: one pass over all planes
+  // (eight at a time is no faster there).
   const int planes_per_pass = kToPlanes ? P : 8;
   for (int pa = 0; pa < P; pa += planes_per_pass) {
-  const int pb = std::min(P, pa + planes_per_pass);
-  for (int64_t pix = pix0; pix < pix1; ++pix) {
-    const int64_t n_at = (b * hw + pix) * C;          // channel (k, p) at n_at + k * P + p
-    const int64_t q_at = (b * P * hw + pix) * kp;     // plane p, lane k at q_at + p * plane_stride + k
-    // Only the source's side is read and the destination's written (the others stay null).
-    const float* n_src = kToPlanes ? src + n_at : nullptr;
-    const float* q_src = kToPlanes ? nullptr : src + q_at;
-    float* n_dst = kToPlanes ? nullptr : dst + n_at;
-    float* q_dst = kToPlanes ? dst + q_at : nullptr;
-    int p0 = pa;
-    for (; p0 + 8 <= pb; p0 += 8) {
-      int k0 = 0;
-      for (; k0 + 8 <= K; k0 += 8) {
-        v8f r[8];
-        if (kToPlanes) {
-          for (int i = 0; i < 8; ++i) r[i] = Load<v8f>(n_src + (k0 + i) * P + p0);
-          Transpose8x8(r);
-          for (int j = 0; j < 8; ++j) Store<v8f>(q_dst + (p0 + j) * plane_stride + k0, r[j]);
-        } else {
-          for (int j = 0; j < 8; ++j) r[j] = Load<v8f>(q_src + (p0 + j) * plane_stride + k0);
-          Transpose8x8(r);
-          for (int i = 0; i < 8; ++i) Store<v8f>(n_dst + (k0 + i) * P + p0, r[i]);
+    const int pb = std::min(P, pa + planes_per_pass);
+    for (int64_t pix = pix0; pix < pix1; ++pix) {
+      const int64_t n_at = (b * hw + pix) * C;          // channel (k, p) at n_at + k * P + p
+      const int64_t q_at = (b * P * hw + pix) * kp;     // plane p, lane k at q_at + p * plane_stride + k
+      // Only the source's side is read and the destination's written (the others stay null).
+      const float* n_src = kToPlanes ? src + n_at : nullptr;
+      const float* q_src = kToPlanes ? nullptr : src + q_at;
+      float* n_dst = kToPlanes ? nullptr : dst + n_at;
+      float* q_dst = kToPlanes ? dst + q_at : nullptr;
+      int p0 = pa;
+      for (; p0 + 8 <= pb; p0 += 8) {
+        int k0 = 0;
+        for (; k0 + 8 <= K; k0 += 8) {
+          v8f r[8];
+          if (kToPlanes) {
+            for (int i = 0; i < 8; ++i) r[i] = Load<v8f>(n_src + (k0 + i) * P + p0);
+            Transpose8x8(r);
+            for (int j = 0; j < 8; ++j) Store<v8f>(q_dst + (p0 + j) * plane_stride + k0, r[j]);
+          } else {
+            for (int j = 0; j < 8; ++j) r[j] = Load<v8f>(q_src + (p0 + j) * plane_stride + k0);
+            Transpose8x8(r);
+            for (int i = 0; i < 8; ++i) Store<v8f>(n_dst + (k0 + i) * P + p0, r[i]);
+          }
+        }
+        if (k0 < K) {
+          // The last K - k0 < 8 rows, as one block with zero rows below them: a plane's lanes
+          // k0 .. kp (at most 8, the pad lanes included) in one store or load.
+          const int rows = K - k0, width = kp - k0;
+          v8f r[8];
+          if (kToPlanes) {
+            for (int i = 0; i < 8; ++i) r[i] = i < rows ? Load<v8f>(n_src + (k0 + i) * P + p0) : v8f{};
+            Transpose8x8(r);
+            for (int j = 0; j < 8; ++j) {
+              float* q = q_dst + (p0 + j) * plane_stride + k0;
+              if (width == 8) {
+                Store<v8f>(q, r[j]);
+              } else if (width == 4) {
+                Store<v4f>(q, v4f{r[j][0], r[j][1], r[j][2], r[j][3]});
+              } else {
+                for (int l = 0; l < width; ++l) q[l] = r[j][l];
+              }
+            }
+          } else {
+            for (int j = 0; j < 8; ++j) {
+              const float* q = q_src + (p0 + j) * plane_stride + k0;
+              if (width == 8) {
+                r[j] = Load<v8f>(q);
+              } else if (width == 4) {
+                const v4f h = Load<v4f>(q);
+                r[j] = v8f{h[0], h[1], h[2], h[3], 0.f, 0.f, 0.f, 0.f};
+              } else {
+                r[j] = v8f{};
+                for (int l = 0; l < width; ++l) r[j][l] = q[l];
+              }
+            }
+            Transpose8x8(r);
+            for (int i = 0; i < rows; ++i) Store<v8f>(n_dst + (k0 + i) * P + p0, r[i]);
+          }
         }
       }
-      if (k0 < K) {
-        // The last K - k0 < 8 rows, as one block with zero rows below them: a plane's lanes
-        // k0 .. kp (at most 8, the pad lanes included) in one store or load.
-        const int rows = K - k0, width = kp - k0;
-        v8f r[8];
-        if (kToPlanes) {
-          for (int i = 0; i < 8; ++i) r[i] = i < rows ? Load<v8f>(n_src + (k0 + i) * P + p0) : v8f{};
-          Transpose8x8(r);
-          for (int j = 0; j < 8; ++j) {
-            float* q = q_dst + (p0 + j) * plane_stride + k0;
-            if (width == 8) {
-              Store<v8f>(q, r[j]);
-            } else if (width == 4) {
-              Store<v4f>(q, v4f{r[j][0], r[j][1], r[j][2], r[j][3]});
-            } else {
-              for (int l = 0; l < width; ++l) q[l] = r[j][l];
-            }
-          }
-        } else {
-          for (int j = 0; j < 8; ++j) {
-            const float* q = q_src + (p0 + j) * plane_stride + k0;
-            if (width == 8) {
-              r[j] = Load<v8f>(q);
-            } else if (width == 4) {
-              const v4f h = Load<v4f>(q);
-              r[j] = v8f{h[0], h[1], h[2], h[3], 0.f, 0.f, 0.f, 0.f};
-            } else {
-              r[j] = v8f{};
-              for (int l = 0; l < width; ++l) r[j][l] = q[l];
-            }
-          }
-          Transpose8x8(r);
-          for (int i = 0; i < rows; ++i) Store<v8f>(n_dst + (k0 + i) * P + p0, r[i]);
+      const int tail = p0;  // planes from here on are copied element by element
+      for (; p0 < pb; ++p0)
+        for (int k = 0; k < K; ++k) {
+          if (kToPlanes) q_dst[p0 * plane_stride + k] = n_src[k * P + p0];
+          else n_dst[k * P + p0] = q_src[p0 * plane_stride + k];
         }
-      }
+      if (kToPlanes)
+        for (int p = tail; p < pb; ++p)
+          for (int k = K; k < kp; ++k) q_dst[p * plane_stride + k] = 0.f;
     }
-    const int tail = p0;  // planes from here on are copied element by element
-    for (; p0 < pb; ++p0)
-      for (int k = 0; k < K; ++k) {
-        if (kToPlanes) q_dst[p0 * plane_stride + k] = n_src[k * P + p0];
-        else n_dst[k * P + p0] = q_src[p0 * plane_stride + k];
-      }
-    if (kToPlanes)
-      for (int p = tail; p < pb; ++p)
-        for (int k = K; k < kp; ++k) q_dst[p * plane_stride + k] = 0.f;
-  }
   }
 }
 
@@ -597,10 +597,6 @@ void ScatterBinsAnyLanes(const AlignParams& p, const TapTable& table, float* pla
   }
   ScatterBins(p, table, plane, k_count, k0, lanes, kp, width, range, grad_out, argmax, taps);
 }
-
-}  // namespace
-
-namespace {
 
 // The largest of a[0 .. n) as unsigned (a negative value counts as larger than any valid one).
 LHRCNN_MULTIVERSION
