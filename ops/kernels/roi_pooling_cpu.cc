@@ -286,43 +286,63 @@ struct TapTable {
   }
 };
 
+// Folds sample s's value into the running max (with its winner) or sum.
+template <typename VF, typename VI>
+__attribute__((always_inline)) inline void FoldSample(bool max_pool, int s, VF value, VF& acc, VI& arg) {
+  if (s == 0) {
+    acc = value;
+  } else if (max_pool) {
+    const VI better = value > acc;  // strict: the first maximal sample wins
+    acc = (VF)(((VI)value & better) | ((VI)acc & ~better));
+    arg = (s & better) | (arg & ~better);
+  } else {
+    acc += value;
+  }
+}
+
+// Stores the first n lanes of v (all of them when n >= the vector's width); E is the lane type.
+template <typename V, typename E>
+__attribute__((always_inline)) inline void StoreFirst(E* dst, V v, int n) {
+  constexpr int L = sizeof(V) / sizeof(E);
+  if (n >= L) {
+    typedef E U __attribute__((vector_size(sizeof(V)), aligned(4), may_alias));
+    *reinterpret_cast<U*>(dst) = (U)v;
+  } else {
+    for (int l = 0; l < L; ++l)  // conditional stores: no library call for the tail
+      if (l < n) dst[l] = v[l];
+  }
+}
+
+// Loads the first n lanes from src, the others zero.
+template <typename V, typename E>
+__attribute__((always_inline)) inline V LoadFirst(const E* src, int n) {
+  constexpr int L = sizeof(V) / sizeof(E);
+  if (n >= L) {
+    typedef E U __attribute__((vector_size(sizeof(V)), aligned(4), may_alias));
+    return (V)(*reinterpret_cast<const U*>(src));
+  }
+  V v = {};
+  for (int l = 0; l < L; ++l)
+    if (l < n) v[l] = src[l];
+  return v;
+}
+
 // One lane group (8 or 4 lanes at offset k) of PoolBins; `n` lanes are real.
 template <typename VF, typename VI>
 __attribute__((always_inline)) inline void PoolLanes(bool max_pool, const float* plane, int k, int n,
                                                      const SampleTaps* taps, int num_samples,
                                                      float* out, int32_t* win) {
-  constexpr int L = sizeof(VF) / sizeof(float);
   VF acc = {};
   VI arg = {};
   for (int s = 0; s < num_samples; ++s) {
     const SampleTaps& t = taps[s];
     const VF value = t.w1 * Load<VF>(plane + t.o1 + k) + t.w2 * Load<VF>(plane + t.o2 + k) +
                      t.w3 * Load<VF>(plane + t.o3 + k) + t.w4 * Load<VF>(plane + t.o4 + k);
-    if (s == 0) {
-      acc = value;
-    } else if (max_pool) {
-      const VI better = value > acc;  // strict: the first maximal sample wins
-      acc = (VF)(((VI)value & better) | ((VI)acc & ~better));
-      arg = (s & better) | (arg & ~better);
-    } else {
-      acc += value;
-    }
+    FoldSample(max_pool, s, value, acc, arg);
   }
   if (!max_pool) acc /= static_cast<float>(num_samples);
-  if (n >= L) {
-    Store<VF>(out + k, acc);
-  } else {
-    for (int l = 0; l < L; ++l)  // conditional stores: no library call for the tail
-      if (l < n) out[k + l] = acc[l];
-  }
-  if (win) {
-    if (n >= L) {
-      Store<VF>(reinterpret_cast<float*>(win + k), (VF)arg);  // the lanes' bits, as one store
-    } else {
-      for (int l = 0; l < L; ++l)
-        if (l < n) win[k + l] = arg[l];
-    }
-  }
+  StoreFirst(out + k, acc, n);
+  if (win) StoreFirst(win + k, arg, n);
 }
 
 // One lane group (8 or 4 lanes at offset k) of ScatterBins; `n` lanes are real.
@@ -330,15 +350,8 @@ template <typename VF, typename VI>
 __attribute__((always_inline)) inline void ScatterLanes(bool max_pool, float* plane, int k, int n,
                                                         const SampleTaps* taps, int num_samples,
                                                         const float* g, const int32_t* win) {
-  constexpr int L = sizeof(VF) / sizeof(float);
-  VF grad = {};
-  VI arg = {};
-  for (int l = 0; l < L; ++l) {
-    if (l < n) {
-      grad[l] = g[k + l];
-      if (max_pool) arg[l] = win[k + l];
-    }
-  }
+  const VF grad = LoadFirst<VF>(g + k, n);
+  const VI arg = max_pool ? LoadFirst<VI>(win + k, n) : VI{};
   const float count = static_cast<float>(num_samples);
   for (int s = 0; s < num_samples; ++s) {
     const SampleTaps& t = taps[s];
@@ -415,43 +428,6 @@ struct SmallLanes {
   static constexpr int kSlots = kGroups8 > 0 ? kGroups8 : 1;
 };
 
-// Folds sample s's value into the running max (with its winner) or sum.
-template <typename VF, typename VI>
-__attribute__((always_inline)) inline void FoldSample(bool max_pool, int s, VF value, VF& acc, VI& arg) {
-  if (s == 0) {
-    acc = value;
-  } else if (max_pool) {
-    const VI better = value > acc;  // strict: the first maximal sample wins
-    acc = (VF)(((VI)value & better) | ((VI)acc & ~better));
-    arg = (s & better) | (arg & ~better);
-  } else {
-    acc += value;
-  }
-}
-
-// Stores the first n lanes of v (all of them when n >= the vector's width).
-template <typename VF>
-__attribute__((always_inline)) inline void StoreFirst(float* dst, VF v, int n) {
-  constexpr int L = sizeof(VF) / sizeof(float);
-  if (n >= L) {
-    Store<VF>(dst, v);
-  } else {
-    for (int l = 0; l < L; ++l)  // conditional stores: no library call for the tail
-      if (l < n) dst[l] = v[l];
-  }
-}
-
-// Loads the first n lanes from src, the others zero.
-template <typename VF>
-__attribute__((always_inline)) inline VF LoadFirst(const float* src, int n) {
-  constexpr int L = sizeof(VF) / sizeof(float);
-  if (n >= L) return Load<VF>(src);
-  VF v = {};
-  for (int l = 0; l < L; ++l)
-    if (l < n) v[l] = src[l];
-  return v;
-}
-
 // PoolBins for KP lanes per pixel (k_count real ones).
 template <int KP>
 __attribute__((always_inline)) inline void PoolSmall(const AlignParams& p, const TapTable& table, const float* plane,
@@ -501,13 +477,13 @@ __attribute__((always_inline)) inline void PoolSmall(const AlignParams& p, const
         const float count = static_cast<float>(Sh * Sw);
         for (int g = 0; g < G8; ++g) {
           if (!p.max_pool) acc8[g] /= count;
-          StoreFirst<v8f>(out + o + 8 * g, acc8[g], k_count - 8 * g);
-          if (argmax) StoreFirst<v8f>(reinterpret_cast<float*>(argmax + o + 8 * g), (v8f)arg8[g], k_count - 8 * g);
+          StoreFirst(out + o + 8 * g, acc8[g], k_count - 8 * g);
+          if (argmax) StoreFirst(argmax + o + 8 * g, arg8[g], k_count - 8 * g);
         }
         if (Lanes::kHas4) {
           if (!p.max_pool) acc4 /= count;
-          StoreFirst<v4f>(out + o + T4, acc4, k_count - T4);
-          if (argmax) StoreFirst<v4f>(reinterpret_cast<float*>(argmax + o + T4), (v4f)arg4, k_count - T4);
+          StoreFirst(out + o + T4, acc4, k_count - T4);
+          if (argmax) StoreFirst(argmax + o + T4, arg4, k_count - T4);
         }
       }
   }
@@ -536,11 +512,11 @@ __attribute__((always_inline)) inline void ScatterSmall(const AlignParams& p, co
         v4i arg4 = {};
         for (int g = 0; g < G8; ++g) {
           grad8[g] = LoadFirst<v8f>(grad_out + o + 8 * g, k_count - 8 * g);
-          if (p.max_pool) arg8[g] = (v8i)LoadFirst<v8f>(reinterpret_cast<const float*>(argmax + o + 8 * g), k_count - 8 * g);
+          if (p.max_pool) arg8[g] = LoadFirst<v8i>(argmax + o + 8 * g, k_count - 8 * g);
         }
         if (Lanes::kHas4) {
           grad4 = LoadFirst<v4f>(grad_out + o + T4, k_count - T4);
-          if (p.max_pool) arg4 = (v4i)LoadFirst<v4f>(reinterpret_cast<const float*>(argmax + o + T4), k_count - T4);
+          if (p.max_pool) arg4 = LoadFirst<v4i>(argmax + o + T4, k_count - T4);
         }
         for (int iy = 0; iy < Sh; ++iy) {
           float* lo_row = plane + ty[iy].lo * row;
