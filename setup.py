@@ -45,7 +45,8 @@ CACHE_DIR = os.path.join("build", "ops")
 PACKAGE_DIR = os.path.join(ROOT, "lhrcnn")
 LIBRARY_NAME = "_lhrcnn_ops.so"
 RECORD_NAME = "_lhrcnn_ops.json"
-CPU_SOURCES = ["roi_pooling_cpu.cc", "nms_cpu.cc", "roi_align_ops.cc", "ps_roi_pool_ops.cc", "nms_ops.cc"]
+CPU_SOURCES = ["roi_pooling_cpu.cc", "nms_cpu.cc", "depthwise_cpu.cc", "roi_align_ops.cc", "ps_roi_pool_ops.cc",
+               "nms_ops.cc", "depthwise_ops.cc"]
 CUDA_SOURCES = ["roi_pooling.cu.cc", "nms.cu.cc"]
 # The CUDA harness's C ABI over the same launchers and CPU kernels, linked into the op library too:
 # `ops/harness/run_harness.py --lib lhrcnn/_lhrcnn_ops.so` then checks the very binary TensorFlow

@@ -194,6 +194,8 @@ MAX_GROUP_SIZE = 64
 MAX_OUTPUT_SIZE = 256
 MAX_SAMPLING_RATIO = 64
 MAX_NMS_OUTPUT = 1 << 24
+MAX_DEPTHWISE_KERNEL = 15
+MAX_DEPTHWISE_STRIDE = 1 << 16
 
 
 def _positive_int(name, value, maximum):
@@ -678,6 +680,41 @@ _ALIGN_ATTRS = ("pooled_height", "pooled_width", "sample_height", "sample_width"
 _PS_POOL_ATTRS = ("group_size", "spatial_scale")
 
 
+@tf.autograph.experimental.do_not_convert
+def depthwise_filter_grad(inputs, out_backprop, kernel_size, strides=1, padding="SAME", backend=None):
+    """The filter gradient of `tf.nn.depthwise_conv2d` (depth multiplier 1, no dilation) on NHWC
+    float32: what DepthwiseConv2dNativeBackpropFilter computes, on the CPU by the compiled op
+    ("custom", several times faster than TensorFlow's kernel, docs/benchmarks.md#ops) or by
+    TensorFlow's own kernel ("tf").
+
+    Args:
+      inputs: [N, H, W, C] float32, the convolution's input.
+      out_backprop: [N, OH, OW, C] float32, the gradient of its output.
+      kernel_size: KH or (KH, KW), each in [1, 15]. strides: S or (SH, SW).
+      padding: "SAME" or "VALID" (TensorFlow's rules).
+    Returns:
+      [KH, KW, C, 1] float32, the gradient of the depthwise filter.
+    """
+    kh, kw = _pair("kernel_size", kernel_size, MAX_DEPTHWISE_KERNEL)
+    sh, sw = _pair("strides", strides, MAX_DEPTHWISE_STRIDE)
+    if padding not in ("SAME", "VALID"):
+        raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
+    inputs = tf.convert_to_tensor(inputs)
+    out_backprop = tf.convert_to_tensor(out_backprop)
+    for name, t in (("inputs", inputs), ("out_backprop", out_backprop)):
+        if t.dtype != tf.float32:
+            raise ValueError(f"depthwise_filter_grad: {name} must be float32, got {t.dtype.name}")
+        if t.shape.rank is not None and t.shape.rank != 4:
+            raise ValueError(f"depthwise_filter_grad: {name} must be rank 4 (NHWC), got shape {t.shape}")
+    if resolve_backend(backend) == "custom":
+        return _lib().lhrcnn_depthwise_filter_grad(inputs, out_backprop, kernel_size=[kh, kw], strides=[sh, sw],
+                                                   padding=padding)
+    filter_sizes = tf.stack([kh, kw, tf.shape(inputs)[3], 1])
+    return tf.raw_ops.DepthwiseConv2dNativeBackpropFilter(input=inputs, filter_sizes=filter_sizes,
+                                                          out_backprop=out_backprop, strides=[1, sh, sw, 1],
+                                                          padding=padding)
+
+
 @tf.RegisterGradient("LhrcnnPsRoiAlign")
 def _ps_roi_align_grad(op, grad, _argmax_grad):
     d = _lib().lhrcnn_ps_roi_align_grad(op.inputs[0], op.inputs[1], op.outputs[1], grad,
@@ -699,3 +736,4 @@ def _ps_roi_pool_grad(op, grad):
 
 
 tf.no_gradient("LhrcnnNms")
+tf.no_gradient("LhrcnnDepthwiseFilterGrad")

@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <functional>
 
 #if defined(__CUDACC__)
 #define LHRCNN_HD __host__ __device__ __forceinline__
@@ -17,6 +18,14 @@ namespace lhrcnn {
 
 // Text of a cudaError_t returned by a launcher (defined with the CUDA kernels).
 const char* CudaErrorString(int code);
+
+// Runs fn(begin, end) over [0, total) split into shards; cost_per_unit is a hint (cycles).
+using ParallelFor = std::function<void(int64_t total, int64_t cost_per_unit,
+                                       const std::function<void(int64_t, int64_t)>& fn)>;
+
+// Runs everything on the calling thread (harness, tests).
+void SerialFor(int64_t total, int64_t cost_per_unit,
+               const std::function<void(int64_t, int64_t)>& fn);
 
 // True for finite v (portable across host and device compilers; no -ffast-math here).
 LHRCNN_HD bool IsFinite(float v) { return v - v == 0.f; }

@@ -17,14 +17,6 @@ struct FeatureShape {
   int batch, height, width, channels;
 };
 
-// Runs fn(begin, end) over [0, total) split into shards; cost_per_unit is a hint (cycles).
-using ParallelFor = std::function<void(int64_t total, int64_t cost_per_unit,
-                                       const std::function<void(int64_t, int64_t)>& fn)>;
-
-// Runs everything on the calling thread (harness, tests).
-void SerialFor(int64_t total, int64_t cost_per_unit,
-               const std::function<void(int64_t, int64_t)>& fn);
-
 // RoI-Align family: sample_h x sample_w bilinear samples per bin at (i + 0.5) / S of the bin,
 // on the map zero-padded by one pixel; max (first maximal sample wins) or mean over them.
 struct AlignParams {

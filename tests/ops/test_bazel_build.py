@@ -87,7 +87,7 @@ def probe(bazel_library):
 
 def test_library_registers_all_ops(probe):
     assert probe["ops"] == [
-        "lhrcnn_nms", "lhrcnn_ps_roi_align", "lhrcnn_ps_roi_align_grad", "lhrcnn_ps_roi_pool",
+        "lhrcnn_depthwise_filter_grad", "lhrcnn_nms", "lhrcnn_ps_roi_align", "lhrcnn_ps_roi_align_grad", "lhrcnn_ps_roi_pool",
         "lhrcnn_ps_roi_pool_grad", "lhrcnn_roi_align", "lhrcnn_roi_align_grad",
     ]
 

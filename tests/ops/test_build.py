@@ -47,11 +47,11 @@ def test_gpu_kernels_are_registered():
             "tf.load_op_library(sys.argv[1])\n"
             "from tensorflow.python.framework import kernels\n"
             "names = ['LhrcnnPsRoiAlign', 'LhrcnnPsRoiAlignGrad', 'LhrcnnRoiAlign', 'LhrcnnRoiAlignGrad',\n"
-            "         'LhrcnnPsRoiPool', 'LhrcnnPsRoiPoolGrad', 'LhrcnnNms']\n"
+            "         'LhrcnnPsRoiPool', 'LhrcnnPsRoiPoolGrad', 'LhrcnnNms', 'LhrcnnDepthwiseFilterGrad']\n"
             "print(json.dumps({n: sorted(k.device_type for k in kernels.get_registered_kernels_for_op(n).kernel)"
             " for n in names}))\n")
     out = subprocess.run([sys.executable, "-c", code, LIB], capture_output=True, text=True, check=True,
                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")).stdout
     devices = json.loads(out.strip().splitlines()[-1])
-    for name, kinds in devices.items():
-        assert kinds == ["CPU", "GPU"], (name, kinds)
+    for name, kinds in devices.items():  # the depthwise filter gradient is CPU only (TF's kernel on GPUs)
+        assert kinds == (["CPU"] if name == "LhrcnnDepthwiseFilterGrad" else ["CPU", "GPU"]), (name, kinds)
