@@ -196,10 +196,36 @@ def bench_nms(repeats, bandwidth):
     return rows
 
 
+# The main job's depthwise layers (ThunderNet SNet146 at 384 x 320, batch 2): (input shape, stride).
+DEPTHWISE_CASES = [((2, 96, 80, 116), 2), ((2, 48, 40, 232), 1), ((2, 24, 20, 464), 1)]
+
+
+def bench_depthwise_filter_grad(repeats, bandwidth):
+    """The 5 x 5 depthwise filter gradient against TensorFlow's DepthwiseConv2dNativeBackpropFilter."""
+    rng = np.random.default_rng(2)
+    rows = []
+    for shape, stride in DEPTHWISE_CASES:
+        x = tf.constant(rng.normal(size=shape).astype(np.float32))
+        out = (shape[0], -(-shape[1] // stride), -(-shape[2] // stride), shape[3])
+        dy = tf.constant(rng.normal(size=out).astype(np.float32))
+        ours = tf.function(lambda: ops.depthwise_filter_grad(x, dy, 5, stride, "SAME", backend="custom"))
+        theirs = tf.function(lambda: ops.depthwise_filter_grad(x, dy, 5, stride, "SAME", backend="tf"))
+        difference = float(np.max(np.abs(ours().numpy() - theirs().numpy())))
+        t = interleaved_medians({"ours": lambda: ours().numpy(), "theirs": lambda: theirs().numpy()},
+                                repeats=repeats)
+        floor = (x.shape.num_elements() + dy.shape.num_elements()) * 4 / bandwidth
+        rows.append(dict(case=f"depthwise 5x5 filter gradient {list(shape)}, stride {stride}",
+                         baseline="DepthwiseConv2dNativeBackpropFilter", op_ms=t["ours"] * 1e3,
+                         baseline_ms=t["theirs"] * 1e3, speedup=t["theirs"] / t["ours"], floor_ms=floor * 1e3,
+                         target=None, max_abs_difference=difference))
+    return rows
+
+
 def run(repeats=15):
     """Returns (rows, extra) for the ops section."""
     if not ops.custom_ops_available():
         raise RuntimeError(f"the ops benchmark needs the compiled ops: {ops.custom_ops_load_error()}")
     bandwidth = copy_bandwidth()
-    rows = bench_ps_roi_align(repeats, bandwidth) + bench_nms(repeats, bandwidth)
+    rows = (bench_ps_roi_align(repeats, bandwidth) + bench_nms(repeats, bandwidth)
+            + bench_depthwise_filter_grad(repeats, bandwidth))
     return rows, {"copy_bandwidth_gb_s": bandwidth / 1e9}

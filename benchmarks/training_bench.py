@@ -26,6 +26,7 @@ EXPERIMENT = os.path.join(ROOT, "experiments", "lhrcnn", "thundernet.snet146.syn
 VARIANTS = {
     "default": ({}, {}),
     "inter_op 1": ({}, {"LHRCNN_INTER_OP_THREADS": "1"}),
+    "compiled depthwise filter grad": ({"depthwise_filter_grad": "custom"}, {}),
     "jit_compile backbone": ({"jit_compile": True}, {}),
     "mixed_bfloat16": ({"mixed_precision": "mixed_bfloat16"}, {}),
     # images per step (OHEM's per-replica budget scaled with them): does a larger batch amortise

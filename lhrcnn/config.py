@@ -171,6 +171,7 @@ class Config:
                                     # the backbone computes in half precision, heads and losses in float32
     jit_compile = False             # compile the backbone (forward and backward) with XLA
     ops_backend = None              # None | "custom" | "tf" for the custom ops
+    depthwise_filter_grad = "tf"    # "custom": the depthwise layers' filter gradients by the compiled op (CPU)
 
     def __init__(self, **overrides):
         known = self.known_fields()
@@ -293,6 +294,8 @@ class Config:
         need(self.box_offset in (0.0, 1.0), "box_offset must be 0.0 or 1.0")
         need(self.loss_normalization in ("replica", "image"),
              f"loss_normalization must be 'replica' or 'image', got {self.loss_normalization!r}")
+        need(self.depthwise_filter_grad in ("tf", "custom"),
+             f"depthwise_filter_grad must be 'tf' or 'custom', got {self.depthwise_filter_grad!r}")
         need(self.mixed_precision in (None, "mixed_float16", "mixed_bfloat16"),
              f"mixed_precision must be None, 'mixed_float16' or 'mixed_bfloat16', got {self.mixed_precision!r}")
 

@@ -25,6 +25,7 @@ SNet49, conv5; stride 32): ThunderNet's CEM takes C4, C5 and the global pool of 
 import tensorflow as tf
 
 from lhrcnn.backbones import layers
+from lhrcnn.depthwise import DepthwiseConv2D
 from lhrcnn.keras import keras
 
 WIDTHS = {"snet49": (24, (60, 120, 240), 512), "snet146": (24, (132, 264, 528), None),
@@ -61,8 +62,8 @@ def _conv_bn_relu(x, filters, name, freeze_bn, momentum, relu=True):
 
 
 def _depthwise_bn(x, stride, name, freeze_bn, momentum):
-    x = keras.layers.DepthwiseConv2D(KERNEL, strides=stride, padding="same", use_bias=False,
-                                     depthwise_initializer="he_normal", name=name)(x)
+    x = DepthwiseConv2D(KERNEL, strides=stride, padding="same", use_bias=False,
+                        depthwise_initializer="he_normal", name=name)(x)
     return _bn(name, freeze_bn, momentum)(x)
 
 

@@ -1,5 +1,6 @@
 """ThunderNet's compressed RPN (docs/models.md#compressed-rpn): 5x5 depthwise conv + BN +
 ReLU, 1x1 conv 256 + BN + ReLU (the RPN feature SAM uses), then 1x1 objectness and deltas."""
+from lhrcnn.depthwise import DepthwiseConv2D
 from lhrcnn.keras import keras
 
 
@@ -12,7 +13,7 @@ class CompressedRPNHead(keras.layers.Layer):
         super().__init__(**kwargs)
         self.num_anchors, self.channels, self.kernel_size = num_anchors, channels, kernel_size
         init = lambda: keras.initializers.RandomNormal(stddev=0.01)  # noqa: E731
-        self.dw = keras.layers.DepthwiseConv2D(kernel_size, padding="same", use_bias=False, name="rpn_dw")
+        self.dw = DepthwiseConv2D(kernel_size, padding="same", use_bias=False, name="rpn_dw")
         self.dw_bn = keras.layers.BatchNormalization(epsilon=1e-5, name="rpn_dw_bn")
         self.pw = keras.layers.Conv2D(channels, 1, use_bias=False, name="rpn_pw")
         self.pw_bn = keras.layers.BatchNormalization(epsilon=1e-5, name="rpn_pw_bn")

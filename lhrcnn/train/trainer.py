@@ -31,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from lhrcnn import depthwise
 from lhrcnn.config import load_config, load_network_module
 from lhrcnn.errors import UserError
 from lhrcnn.evaluation import coco_eval
@@ -273,6 +274,8 @@ class Trainer:
                 self.detector = network.build_network(c).build_with_dummy_input()
             if c.jit_compile:
                 self.detector.jit_compile_backbone = True
+            if c.depthwise_filter_grad == "custom":
+                depthwise.use_compiled_filter_grad(self.detector)
             if c.sync_batch_norm:
                 distribute.enable_sync_batch_norm(self.detector)
             ema = dict(use_ema=c.ema_decay > 0, ema_momentum=c.ema_decay if c.ema_decay > 0 else 0.99)
