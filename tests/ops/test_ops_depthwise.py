@@ -65,10 +65,7 @@ def test_gives_the_gradient_of_the_depthwise_convolution():
     rng = np.random.default_rng(3)
     x = tf.constant(rng.normal(size=(2, 16, 12, 40)).astype(np.float32))
     w = tf.Variable(rng.normal(size=(5, 5, 40, 1)).astype(np.float32))
-    with tf.GradientTape() as tape:
-        y = tf.nn.depthwise_conv2d(x, w, [1, 2, 2, 1], "SAME")
-        loss = tf.reduce_sum(y * tf.constant(rng.normal(size=y.shape).astype(np.float32)))
-    dy = tape.gradient(loss, y)
+    dy = tf.constant(rng.normal(size=(2, 8, 6, 40)).astype(np.float32))  # the output's gradient
     with tf.GradientTape() as tape:
         y = tf.nn.depthwise_conv2d(x, w, [1, 2, 2, 1], "SAME")
         loss = tf.reduce_sum(y * dy)
